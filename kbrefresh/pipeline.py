@@ -1,0 +1,276 @@
+"""The refresh, step by step: each step opens its own connection and returns plain values.
+
+Prefect tasks wrap these steps one to one; ``refresh`` chains them for the CLI and
+tests. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from kbrefresh import build, routing, store
+from kbrefresh.build import BuildPlan, DocumentChanges, EmbedStats, ProgressFn
+from kbrefresh.chunking import chunk_documents
+from kbrefresh.db import LOCK_NAMESPACE, connect
+from kbrefresh.embedders import Embedder, make_embedder
+from kbrefresh.errors import BuildLockedError, DataQualityError
+from kbrefresh.models import ChunkerConfig, Fingerprint
+from kbrefresh.quality import QualityPolicy, check_documents, require_quality
+from kbrefresh.settings import Settings
+from kbrefresh.smoke import SmokeResult, smoke_check
+from kbrefresh.sources import load_source
+
+logger = logging.getLogger(__name__)
+
+
+def fingerprint_for(embedder: Embedder, chunker: ChunkerConfig) -> Fingerprint:
+    return Fingerprint(embedder.provider, embedder.model, embedder.dims, chunker.as_dict())
+
+
+@contextmanager
+def refresh_lock(settings: Settings, kb: str, *, wait_seconds: float = 0.0) -> Iterator[int]:
+    """Hold the KB's refresh lock (a session advisory lock); yield the KB id.
+
+    Raises:
+        BuildLockedError: another refresh holds it after ``wait_seconds``.
+    """
+    with connect(settings, autocommit=True) as conn:
+        kb_id = store.ensure_kb(conn, kb)
+        if wait_seconds > 0:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",))
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, kb_id))
+                locked = True
+            except psycopg.errors.LockNotAvailable:
+                locked = False
+            conn.execute("SET lock_timeout = 0")
+        else:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s) AS ok", (LOCK_NAMESPACE, kb_id)
+            ).fetchone()
+            locked = bool(row and row["ok"])
+        if not locked:
+            holder = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                "AND objid = %s AND granted LIMIT 1",
+                (LOCK_NAMESPACE, kb_id),
+            ).fetchone()
+            raise BuildLockedError(
+                f"another refresh of knowledge base {kb!r} is running (PostgreSQL backend pid "
+                f"{holder['pid'] if holder else 'unknown'}); wait for it to finish or pass a "
+                "lock wait in seconds"
+            )
+        try:
+            yield kb_id
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, kb_id))
+
+
+@dataclass(frozen=True)
+class BuildTicket:
+    """Plain identifiers of a build in progress."""
+
+    kb: str
+    kb_id: int
+    version: int
+    resumed: bool
+    table: str
+    dims: int
+    fingerprint_key: str
+    live_version: int | None
+    live_fingerprint_key: str | None
+
+    @property
+    def fingerprint_changed(self) -> bool:
+        return self.live_fingerprint_key is not None and self.live_fingerprint_key != self.fingerprint_key
+
+
+def begin_build(
+    settings: Settings, kb: str, fingerprint: Fingerprint, *, source: str, flow_run_id: str | None
+) -> BuildTicket:
+    """Start (or resume) a version of ``kb`` for ``fingerprint``. Call under ``refresh_lock``."""
+    with connect(settings) as conn:
+        kb_id = store.ensure_kb(conn, kb)
+        fp = store.ensure_fingerprint(conn, kb_id, fingerprint)
+        version, resumed = build.start_version(conn, kb_id, fp, source=source, flow_run_id=flow_run_id)
+        live = routing.live_version(conn, kb_id)
+        live_fp = store.fingerprint_for_version(conn, kb_id, live).key if live else None
+        conn.commit()
+    return BuildTicket(kb, kb_id, version, resumed, fp.table, fp.dims, fp.key, live, live_fp)
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    dataset_tag: str
+    documents: int
+    chunks: int
+    changes: DocumentChanges
+    quality: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_data(
+    settings: Settings,
+    ticket: BuildTicket,
+    source: str,
+    *,
+    query: str | None = None,
+    chunker: ChunkerConfig | None = None,
+    quality: QualityPolicy | None = None,
+) -> PrepareResult:
+    """Load the source, run quality checks, record the manifest and stage chunks.
+
+    Raises:
+        DataQualityError: the data failed its checks; the version is marked failed
+            with the report and nothing is published.
+    """
+    loaded = load_source(source, query=query)
+    with connect(settings) as conn:
+        previous = _live_doc_count(conn, ticket)
+        report = check_documents(
+            loaded, previous_doc_count=previous, policy=quality or QualityPolicy(),
+            now=datetime.now(UTC),
+        )
+        try:
+            require_quality(report)
+        except DataQualityError:
+            store.set_status(conn, ticket.kb_id, ticket.version, "failed",
+                             quality=report.to_dict(), error="data quality checks failed",
+                             finished_at=datetime.now(UTC))
+            conn.commit()
+            raise
+        changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
+        staged = build.stage_chunks(
+            conn, ticket.kb_id, ticket.version, chunk_documents(loaded.documents, chunker or ChunkerConfig())
+        )
+        store.set_status(conn, ticket.kb_id, ticket.version, "building", quality=report.to_dict())
+        tag = store.version_row(conn, ticket.kb_id, ticket.version)["dataset_tag"]
+        conn.commit()
+    return PrepareResult(tag, len(loaded.documents), staged, changes, report.to_dict())
+
+
+def _live_doc_count(conn: store.Conn, ticket: BuildTicket) -> int | None:
+    if ticket.live_version is None:
+        return None
+    row = conn.execute(
+        "SELECT count(*) AS n FROM kb_version_documents WHERE kb_id = %s AND version = %s",
+        (ticket.kb_id, ticket.live_version),
+    ).fetchone()
+    return int(row["n"]) if row else None
+
+
+def plan_build(settings: Settings, ticket: BuildTicket) -> BuildPlan:
+    """Count what the build will reuse and embed; warn when everything is re-embedded."""
+    with connect(settings) as conn:
+        plan = build.plan_build(conn, ticket.kb_id, ticket.version, ticket.table)
+    if ticket.fingerprint_changed:
+        logger.warning(
+            "embedding fingerprint changed (%s -> %s): full re-embed of %d chunks, ~%d tokens",
+            ticket.live_fingerprint_key, ticket.fingerprint_key, plan.to_embed_chunks,
+            plan.estimated_tokens,
+        )
+    return plan
+
+
+def reuse_unchanged(settings: Settings, ticket: BuildTicket) -> tuple[int, int]:
+    """Close replaced rows and copy reusable vectors inside Postgres; return (closed, copied)."""
+    with connect(settings) as conn:
+        result = build.apply_reuse(conn, ticket.kb_id, ticket.version, ticket.table)
+        conn.commit()
+    return result
+
+
+def embed_changed(
+    settings: Settings,
+    ticket: BuildTicket,
+    *,
+    embedder: Embedder | None = None,
+    total_texts: int = 0,
+    on_progress: ProgressFn | None = None,
+) -> EmbedStats:
+    """Embed and load only chunks whose text is new to this fingerprint's table."""
+    embedder = embedder or make_embedder(settings)
+    with connect(settings) as reader, connect(settings) as writer:
+        return build.embed_missing(
+            reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
+            embedder=embedder, batch_size=settings.embed_batch_size, total_texts=total_texts,
+            on_progress=on_progress,
+        )
+
+
+def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, Any]) -> dict[str, Any]:
+    """Build the vector index if the table has none, analyze, mark the version a candidate."""
+    with connect(settings, autocommit=True) as conn:
+        indexed = store.build_vector_index(conn, ticket.table, ticket.dims, settings.maintenance_work_mem)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(ticket.table)))
+        stats = store.version_stats(conn, ticket.table, ticket.version)
+        all_counts = counts | stats | {"hnsw_index": indexed}
+        store.set_status(conn, ticket.kb_id, ticket.version, "candidate", counts=all_counts,
+                         finished_at=datetime.now(UTC))
+    return all_counts
+
+
+def smoke_validate(
+    settings: Settings, ticket: BuildTicket, *, embedder: Embedder | None = None
+) -> SmokeResult:
+    """Run smoke checks; a failure marks the version rejected (live stays untouched)."""
+    embedder = embedder or make_embedder(settings)
+    with connect(settings) as conn:
+        expected = conn.execute(
+            "SELECT count(*) AS n FROM kb_build_chunks WHERE kb_id = %s AND version = %s",
+            (ticket.kb_id, ticket.version),
+        ).fetchone()
+        fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
+        result = smoke_check(conn, ticket.kb_id, ticket.version, fp, embedder,
+                             expected_chunks=int(expected["n"]) if expected else 0)
+        status = "candidate" if result.passed else "rejected"
+        store.set_status(conn, ticket.kb_id, ticket.version, status, smoke=result.as_dict(),
+                         error=None if result.passed else "; ".join(result.failures))
+        if not result.passed:
+            build.clear_staging(conn, ticket.kb_id, ticket.version)
+        conn.commit()
+    return result
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    from_version: int | None
+    to_version: int
+    archived: list[int]
+
+
+def publish(
+    settings: Settings, ticket: BuildTicket, *, reason: str, flow_run_id: str | None,
+    keep_versions: int | None = None,
+) -> PublishResult:
+    """Swap the candidate live, clear staging, archive versions beyond the kept ones."""
+    with connect(settings, autocommit=True) as conn:
+        change = routing.swap_live(conn, ticket.kb_id, ticket.kb, ticket.version,
+                                   reason=reason, flow_run_id=flow_run_id)
+        build.clear_staging(conn, ticket.kb_id, ticket.version)
+        archived = routing.retire_old_versions(conn, ticket.kb_id, keep_versions or settings.keep_versions)
+    return PublishResult(change.from_version, change.to_version, archived)
+
+
+def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException) -> None:
+    """Mark a build failed (after an error) so the next run undoes its rows."""
+    with connect(settings) as conn:
+        status = store.version_row(conn, ticket.kb_id, ticket.version)["status"]
+        if status in ("building", "candidate"):
+            store.set_status(conn, ticket.kb_id, ticket.version, "failed",
+                             error=f"{type(error).__name__}: {error}"[:2000],
+                             finished_at=datetime.now(UTC))
+            build.clear_staging(conn, ticket.kb_id, ticket.version)
+        conn.commit()
+
+
+def as_plain(value: Any) -> Any:
+    """Return dataclasses as dicts (for artifacts, JSON and MLflow)."""
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value

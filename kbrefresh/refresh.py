@@ -1,0 +1,127 @@
+"""One whole refresh of a knowledge base, for the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kbrefresh import pipeline
+from kbrefresh.build import BuildPlan, ProgressFn
+from kbrefresh.embedders import Embedder, make_embedder
+from kbrefresh.errors import GateFailed
+from kbrefresh.models import ChunkerConfig
+from kbrefresh.quality import QualityPolicy
+from kbrefresh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What a refresh did, in numbers a person can check."""
+
+    kb: str
+    version: int
+    dataset_tag: str
+    resumed: bool
+    documents: int
+    chunks: int
+    documents_new: int
+    documents_changed: int
+    documents_deleted: int
+    chunks_embedded: int
+    texts_embedded: int
+    chunks_reused: int
+    chunks_removed: int
+    full_build: bool
+    estimated_tokens: int
+    from_version: int | None
+    live_version: int
+    archived: list[int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.kb!r} v{self.version} ({self.dataset_tag}) is live"
+            f"{f' (was v{self.from_version})' if self.from_version else ''}: "
+            f"{self.documents} documents, {self.chunks} chunks; embedded {self.chunks_embedded}, "
+            f"reused {self.chunks_reused}, removed {self.chunks_removed}"
+        )
+
+
+def refresh(
+    settings: Settings,
+    kb: str,
+    source: str,
+    *,
+    query: str | None = None,
+    chunker: ChunkerConfig | None = None,
+    quality: QualityPolicy | None = None,
+    embedder: Embedder | None = None,
+    keep_versions: int | None = None,
+    lock_wait_seconds: float = 0.0,
+    reason: str = "refresh",
+    flow_run_id: str | None = None,
+    on_plan: Callable[[BuildPlan], None] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> RefreshReport:
+    """Build a new version of ``kb`` from ``source``, validate it and swap it live.
+
+    Raises:
+        DataQualityError: the source failed quality checks (nothing built).
+        GateFailed: the candidate failed smoke checks (marked rejected; live untouched).
+        BuildLockedError: another refresh of ``kb`` is running.
+    """
+    embedder = embedder or make_embedder(settings)
+    chunker = chunker or ChunkerConfig()
+    fingerprint = pipeline.fingerprint_for(embedder, chunker)
+    seconds: dict[str, float] = {}
+    with pipeline.refresh_lock(settings, kb, wait_seconds=lock_wait_seconds):
+        ticket = pipeline.begin_build(settings, kb, fingerprint, source=source, flow_run_id=flow_run_id)
+        try:
+            t = time.perf_counter()
+            prepared = pipeline.prepare_data(settings, ticket, source, query=query, chunker=chunker,
+                                             quality=quality)
+            seconds["prepare"] = time.perf_counter() - t
+            plan = pipeline.plan_build(settings, ticket)
+            if on_plan:
+                on_plan(plan)
+            t = time.perf_counter()
+            closed, copied = pipeline.reuse_unchanged(settings, ticket)
+            seconds["reuse"] = time.perf_counter() - t
+            t = time.perf_counter()
+            stats = pipeline.embed_changed(settings, ticket, embedder=embedder,
+                                           total_texts=plan.to_embed_texts, on_progress=on_progress)
+            seconds["embed_and_load"] = time.perf_counter() - t
+            t = time.perf_counter()
+            counts = {"embedded": stats.rows, "texts_embedded": stats.texts,
+                      "reused": plan.unchanged + copied, "removed": closed}
+            pipeline.finalize_build(settings, ticket, counts)
+            seconds["index"] = time.perf_counter() - t
+            t = time.perf_counter()
+            smoke = pipeline.smoke_validate(settings, ticket, embedder=embedder)
+            seconds["smoke"] = time.perf_counter() - t
+        except BaseException as exc:
+            pipeline.fail_build(settings, ticket, exc)
+            raise
+        if not smoke.passed:
+            raise GateFailed(
+                f"version {ticket.version} of {kb!r} failed smoke checks "
+                f"({'; '.join(smoke.failures)}); live version {ticket.live_version} keeps serving",
+                verdict=smoke.as_dict(),
+            )
+        published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
+                                     keep_versions=keep_versions)
+    return RefreshReport(
+        kb=kb, version=ticket.version, dataset_tag=prepared.dataset_tag, resumed=ticket.resumed,
+        documents=prepared.documents, chunks=prepared.chunks,
+        documents_new=prepared.changes.new, documents_changed=prepared.changes.changed,
+        documents_deleted=prepared.changes.deleted, chunks_embedded=stats.rows,
+        texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
+        full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
+        from_version=published.from_version, live_version=published.to_version,
+        archived=published.archived, seconds=seconds,
+    )

@@ -1,0 +1,236 @@
+"""Which version serves: swap, rollback, history, the SQL view, retention.
+
+The ``kb_routing`` row is the source of truth. A swap or a rollback is one short
+transaction that updates it (no DDL, so readers never queue behind a lock); the
+``kb_<name>_live`` view reads the routing row and only needs DDL when the live
+version moves to another chunk table (a new embedding fingerprint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from kbrefresh.errors import DatabaseError, VersionError
+from kbrefresh.store import (
+    Conn,
+    fingerprint_for_version,
+    purge_dead_rows,
+    table_exists,
+    version_row,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteChange:
+    action: str
+    from_version: int | None
+    to_version: int
+
+
+def live_version(conn: Conn, kb_id: int) -> int | None:
+    row = conn.execute("SELECT live_version FROM kb_routing WHERE kb_id = %s", (kb_id,)).fetchone()
+    return None if row is None or row["live_version"] is None else int(row["live_version"])
+
+
+def live_view_name(kb_name: str) -> str:
+    return f"kb_{kb_name}_live"
+
+
+def swap_live(
+    conn: Conn, kb_id: int, kb_name: str, version: int, *, reason: str, flow_run_id: str | None
+) -> RouteChange:
+    """Make ``version`` (a candidate that passed its checks) live in one short transaction."""
+    with conn.transaction():
+        current = _lock_routing(conn, kb_id)
+        status = version_row(conn, kb_id, version)["status"]
+        if status != "candidate":
+            raise VersionError(
+                f"version {version} of {kb_name!r} is {status!r}; only a 'candidate' can go live"
+            )
+        _route(conn, kb_id, current, version, "swap", reason, flow_run_id, old_status="retired")
+    ensure_live_view(conn, kb_id, kb_name)
+    return RouteChange("swap", current, version)
+
+
+def rollback(
+    conn: Conn,
+    kb_id: int,
+    kb_name: str,
+    *,
+    to_version: int | None = None,
+    reason: str = "manual rollback",
+    flow_run_id: str | None = None,
+) -> RouteChange:
+    """Route back to the previous live version (or ``to_version``); the current one is rolled back."""
+    with conn.transaction():
+        current = _lock_routing(conn, kb_id)
+        if current is None:
+            raise VersionError(f"knowledge base {kb_name!r} has no live version to roll back")
+        target = to_version if to_version is not None else _previous(conn, kb_id, current)
+        if target is None:
+            raise VersionError(
+                f"knowledge base {kb_name!r} has no earlier version kept to roll back to "
+                f"(live is {current}); see `kbrefresh versions --kb {kb_name}`"
+            )
+        status = version_row(conn, kb_id, target)["status"]
+        if status != "retired" or target == current:
+            raise VersionError(
+                f"cannot roll back {kb_name!r} to version {target}: it is {status!r}; "
+                "expected a retired version that is still kept"
+            )
+        if not table_exists(conn, fingerprint_for_version(conn, kb_id, target).table):
+            raise VersionError(f"the chunks of version {target} were dropped; cannot roll back")
+        _route(conn, kb_id, current, target, "rollback", reason, flow_run_id, old_status="rolled_back")
+    ensure_live_view(conn, kb_id, kb_name)
+    return RouteChange("rollback", current, target)
+
+
+def _lock_routing(conn: Conn, kb_id: int) -> int | None:
+    # A short lock_timeout: a swap must never sit in a queue that readers join.
+    conn.execute("SET LOCAL lock_timeout = '5s'")
+    row = conn.execute(
+        "SELECT live_version FROM kb_routing WHERE kb_id = %s FOR UPDATE", (kb_id,)
+    ).fetchone()
+    if row is None:
+        raise VersionError(f"knowledge base id {kb_id} has no routing row")
+    return None if row["live_version"] is None else int(row["live_version"])
+
+
+def _previous(conn: Conn, kb_id: int, current: int) -> int | None:
+    row = conn.execute(
+        "SELECT max(version) AS v FROM kb_versions WHERE kb_id = %s AND status = 'retired' "
+        "AND version < %s",
+        (kb_id, current),
+    ).fetchone()
+    return None if row is None or row["v"] is None else int(row["v"])
+
+
+def _route(
+    conn: Conn,
+    kb_id: int,
+    current: int | None,
+    target: int,
+    action: str,
+    reason: str,
+    flow_run_id: str | None,
+    *,
+    old_status: str,
+) -> None:
+    conn.execute(
+        "UPDATE kb_routing SET live_version = %s, updated_at = now() WHERE kb_id = %s",
+        (target, kb_id),
+    )
+    if current is not None:
+        conn.execute(
+            "UPDATE kb_versions SET status = %s, retired_at = now() WHERE kb_id = %s AND version = %s",
+            (old_status, kb_id, current),
+        )
+    conn.execute(
+        "UPDATE kb_versions SET status = 'live', live_at = now(), retired_at = NULL "
+        "WHERE kb_id = %s AND version = %s",
+        (kb_id, target),
+    )
+    conn.execute(
+        "INSERT INTO kb_routing_history (kb_id, action, from_version, to_version, reason, "
+        "flow_run_id) VALUES (%s, %s, %s, %s, %s, %s)",
+        (kb_id, action, current, target, reason, flow_run_id),
+    )
+
+
+def history(conn: Conn, kb_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT action, from_version, to_version, reason, flow_run_id, changed_by, changed_at "
+            "FROM kb_routing_history WHERE kb_id = %s ORDER BY id DESC LIMIT %s",
+            (kb_id, limit),
+        ).fetchall()
+    ]
+
+
+def ensure_live_view(conn: Conn, kb_id: int, kb_name: str, *, attempts: int = 5) -> None:
+    """Point ``kb_<name>_live`` at the live version's chunk table (DDL only when it moved)."""
+    live = live_version(conn, kb_id)
+    if live is None:
+        return
+    table = fingerprint_for_version(conn, kb_id, live).table
+    view = live_view_name(kb_name)
+    row = conn.execute(
+        "SELECT definition FROM pg_views WHERE schemaname = current_schema() AND viewname = %s",
+        (view,),
+    ).fetchone()
+    if row is not None and f"FROM {table} c" in " ".join(str(row["definition"]).split()):
+        return
+    statement = sql.SQL(
+        "DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS SELECT c.id, c.doc_id, c.chunk_index,"
+        " c.content, c.metadata, c.embedding, r.live_version AS version FROM {table} c"
+        " JOIN kb_routing r ON r.kb_id = {kb_id} WHERE c.valid_from <= r.live_version"
+        " AND (c.valid_to IS NULL OR c.valid_to > r.live_version)"
+    ).format(view=sql.Identifier(view), table=sql.Identifier(table), kb_id=sql.Literal(kb_id))
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable as exc:
+            if attempt == attempts:
+                raise DatabaseError(
+                    f"could not repoint view {view!r}: readers held it for {attempts} tries; "
+                    "routing already serves the new version, rerun `kbrefresh status` later"
+                ) from exc
+            time.sleep(0.2 * attempt)
+
+
+def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
+    """Archive retired versions beyond the ``keep`` newest (live included) and purge their rows."""
+    live = live_version(conn, kb_id)
+    rows = conn.execute(
+        "SELECT v.version, v.status, f.table_name FROM kb_versions v "
+        "JOIN kb_fingerprints f ON f.id = v.fingerprint_id WHERE v.kb_id = %s "
+        "AND v.status IN ('live', 'retired', 'canary', 'candidate', 'building') ORDER BY v.version DESC",
+        (kb_id,),
+    ).fetchall()
+    servable = [r for r in rows if r["status"] in ("live", "retired")]
+    kept_servable = [r for r in servable if r["version"] == live][:1]
+    kept_servable += [r for r in servable if r["version"] != live][: max(keep - 1, 0)]
+    kept = {int(r["version"]) for r in kept_servable} | {
+        int(r["version"]) for r in rows if r["status"] not in ("live", "retired")
+    }
+    archived = [int(r["version"]) for r in servable if int(r["version"]) not in kept]
+    with conn.transaction():
+        for version in archived:
+            conn.execute(
+                "UPDATE kb_versions SET status = 'archived' WHERE kb_id = %s AND version = %s",
+                (kb_id, version),
+            )
+        tables = {r["table_name"] for r in rows}
+        for table in tables:
+            versions = [int(r["version"]) for r in rows if r["table_name"] == table and int(r["version"]) in kept]
+            if versions and table_exists(conn, table):
+                purged = purge_dead_rows(conn, table, min(versions))
+                logger.info("purged %d rows no kept version uses from %s", purged, table)
+        for table in _unused_tables(conn, kb_id):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+            logger.info("dropped chunk table %s: no kept version uses it", table)
+    return archived
+
+
+def _unused_tables(conn: Conn, kb_id: int) -> list[str]:
+    return [
+        str(r["table_name"])
+        for r in conn.execute(
+            "SELECT f.table_name FROM kb_fingerprints f WHERE f.kb_id = %s AND NOT EXISTS ("
+            " SELECT 1 FROM kb_versions v WHERE v.fingerprint_id = f.id AND v.status IN"
+            " ('live', 'retired', 'canary', 'candidate', 'building'))",
+            (kb_id,),
+        ).fetchall()
+    ]

@@ -1,0 +1,62 @@
+"""Nearest-neighbour search inside one version of a chunk table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from psycopg import sql
+
+from kbrefresh.store import Conn, in_version
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk and the version that served it."""
+
+    chunk_id: int
+    doc_id: str
+    chunk_index: int
+    content: str
+    similarity: float
+    version: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def search_version(
+    conn: Conn, table: str, version: int, vector: npt.NDArray[np.float32], k: int = 5
+) -> list[Hit]:
+    """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
+
+    pgvector 0.8 iterative scans keep a filtered HNSW search from returning fewer
+    than ``k`` rows when the version filter discards neighbours of other versions.
+    """
+    if k < 1:
+        raise ValueError(f"expected k >= 1, got {k!r}")
+    query = sql.SQL(
+        "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata,"
+        " 1 - (c.embedding <=> %(q)s) AS similarity FROM {} c WHERE "
+    ).format(sql.Identifier(table)) + in_version() + sql.SQL(
+        " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
+    )
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, 2 * k)),))
+        rows = conn.execute(
+            query, {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
+        ).fetchall()
+    return [
+        Hit(
+            chunk_id=int(r["id"]),
+            doc_id=r["doc_id"],
+            chunk_index=int(r["chunk_index"]),
+            content=r["content"],
+            similarity=float(r["similarity"]),
+            version=version,
+            metadata=r["metadata"],
+        )
+        for r in rows
+    ]

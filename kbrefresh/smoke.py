@@ -1,0 +1,108 @@
+"""Smoke validation of a built version before it may go live."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from kbrefresh.embedders.base import Embedder
+from kbrefresh.search import search_version
+from kbrefresh.store import Conn, FingerprintTable, in_version, version_stats
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    checks: tuple[SmokeCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
+        }
+
+
+def smoke_check(
+    conn: Conn,
+    kb_id: int,
+    version: int,
+    fp: FingerprintTable,
+    embedder: Embedder,
+    *,
+    expected_chunks: int,
+    sample: int = 5,
+) -> SmokeResult:
+    """Check counts, vector sanity and that sample queries return results."""
+    stats = version_stats(conn, fp.table, version)
+    checks = [
+        SmokeCheck(
+            "row_count",
+            stats["chunks"] == expected_chunks and expected_chunks > 0,
+            f"{stats['chunks']} chunks in the version, {expected_chunks} expected",
+        )
+    ]
+    bad = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FILTER (WHERE c.embedding IS NULL) AS nulls,"
+            " count(*) FILTER (WHERE vector_dims(c.embedding) <> %(dims)s) AS wrong_dims,"
+            " count(*) FILTER (WHERE NOT (vector_norm(c.embedding) > 0"
+            " AND vector_norm(c.embedding) < 'Infinity'::float8)) AS non_finite"
+            " FROM {} c WHERE "
+        ).format(sql.Identifier(fp.table)) + in_version(),
+        {"version": version, "dims": fp.dims},
+    ).fetchone()
+    assert bad is not None
+    checks.append(SmokeCheck("no_null_embeddings", bad["nulls"] == 0, f"{bad['nulls']} NULL"))
+    checks.append(
+        SmokeCheck("dimensions", bad["wrong_dims"] == 0, f"{bad['wrong_dims']} rows not {fp.dims}-d")
+    )
+    checks.append(
+        SmokeCheck("finite_embeddings", bad["non_finite"] == 0, f"{bad['non_finite']} zero/non-finite")
+    )
+    checks.append(_sample_queries(conn, kb_id, version, fp, embedder, sample))
+    return SmokeResult(tuple(checks))
+
+
+def _sample_queries(
+    conn: Conn, kb_id: int, version: int, fp: FingerprintTable, embedder: Embedder, sample: int
+) -> SmokeCheck:
+    titles = [
+        str(r["title"])
+        for r in conn.execute(
+            "SELECT d.title FROM kb_version_documents m JOIN kb_documents d"
+            " ON d.kb_id = m.kb_id AND d.doc_id = m.doc_id"
+            " WHERE m.kb_id = %s AND m.version = %s ORDER BY m.content_hash LIMIT %s",
+            (kb_id, version, sample),
+        ).fetchall()
+    ]
+    if not titles:
+        return SmokeCheck("sample_queries", False, "no documents to take sample queries from")
+    vectors = embedder.embed(titles)
+    empty = []
+    for title, vector in zip(titles, vectors, strict=True):
+        hits = search_version(conn, fp.table, version, vector, k=3)
+        if not hits or not all(math.isfinite(h.similarity) for h in hits):
+            empty.append(title)
+    return SmokeCheck(
+        "sample_queries",
+        not empty,
+        f"{len(titles) - len(empty)}/{len(titles)} sample queries returned results"
+        + (f"; empty or non-finite for {empty!r}" if empty else ""),
+    )

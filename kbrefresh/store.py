@@ -1,0 +1,275 @@
+"""Knowledge bases, fingerprint chunk tables and row-versioned chunk storage.
+
+One chunk table per (KB, embedding fingerprint) holds every version: a row belongs
+to version ``v`` when ``valid_from <= v`` and ``valid_to`` is NULL or ``> v``. A
+refresh inserts only new or changed chunks and closes the range of replaced ones,
+so its cost follows the change, not the KB, and the HNSW index is maintained in
+place instead of rebuilt. Swap and rollback move a number in ``kb_routing``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from kbrefresh.errors import ConfigError, VersionError
+from kbrefresh.models import Fingerprint
+
+logger = logging.getLogger(__name__)
+
+# pgvector's HNSW index takes `vector` columns of at most 2,000 dimensions.
+HNSW_MAX_DIMS = 2000
+_MAX_NAME_BYTES = 55  # "kb_" + name + "_live" must fit PostgreSQL's 63-byte identifiers
+
+Conn = psycopg.Connection[Any]
+
+
+def validate_kb_name(name: str) -> str:
+    """Return ``name`` if it can name a knowledge base, else raise ConfigError.
+
+    Any printable text is allowed (quotes, semicolons, unicode): names only ever
+    reach SQL as bound values or through ``sql.Identifier``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"knowledge base name {name!r} is empty; expected printable text")
+    if name != name.strip():
+        raise ConfigError(f"knowledge base name {name!r} has leading or trailing spaces")
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise ConfigError(f"knowledge base name {name!r} contains control characters")
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        raise ConfigError(
+            f"knowledge base name {name!r} is {len(name.encode('utf-8'))} bytes; "
+            f"expected at most {_MAX_NAME_BYTES} bytes of UTF-8"
+        )
+    return name
+
+
+def ensure_kb(conn: Conn, name: str) -> int:
+    """Return the id of knowledge base ``name``, creating it and its routing row."""
+    validate_kb_name(name)
+    row = conn.execute(
+        "INSERT INTO kb (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+        "RETURNING id",
+        (name,),
+    ).fetchone()
+    assert row is not None
+    kb_id = int(row["id"])
+    conn.execute(
+        "INSERT INTO kb_routing (kb_id) VALUES (%s) ON CONFLICT (kb_id) DO NOTHING", (kb_id,)
+    )
+    return kb_id
+
+
+def get_kb_id(conn: Conn, name: str) -> int:
+    """Return the id of an existing knowledge base or raise VersionError."""
+    row = conn.execute("SELECT id FROM kb WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        known = [r["name"] for r in conn.execute("SELECT name FROM kb ORDER BY name").fetchall()]
+        raise VersionError(
+            f"unknown knowledge base {name!r}; known: {', '.join(map(repr, known)) or 'none yet'}"
+        )
+    return int(row["id"])
+
+
+def list_kbs(conn: Conn) -> list[str]:
+    return [str(r["name"]) for r in conn.execute("SELECT name FROM kb ORDER BY name").fetchall()]
+
+
+@dataclass(frozen=True)
+class FingerprintTable:
+    id: int
+    key: str
+    dims: int
+    table: str
+    spec: dict[str, Any]
+
+
+def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTable:
+    """Return the chunk table for ``fp`` in this KB, creating it when new."""
+    row = conn.execute(
+        "INSERT INTO kb_fingerprints (kb_id, fp_key, spec, dims, table_name) "
+        "VALUES (%s, %s, %s, %s, 'kbrefresh_chunks_' || %s || '_' || %s) "
+        "ON CONFLICT (kb_id, fp_key) DO UPDATE SET fp_key = EXCLUDED.fp_key "
+        "RETURNING id, fp_key, dims, table_name, spec",
+        (kb_id, fp.key, json.dumps(fp.as_dict()), fp.dims, kb_id, fp.key),
+    ).fetchone()
+    assert row is not None
+    table = FingerprintTable(
+        int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"]
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            " id bigserial PRIMARY KEY,"
+            " doc_id text NOT NULL,"
+            " chunk_index int NOT NULL,"
+            " content text NOT NULL,"
+            " content_hash text NOT NULL,"
+            " metadata jsonb NOT NULL DEFAULT '{{}}',"
+            " embedding vector({}) NOT NULL,"
+            " valid_from int NOT NULL,"
+            " valid_to int,"
+            " CHECK (valid_to IS NULL OR valid_to >= valid_from))"
+        ).format(sql.Identifier(table.table), sql.Literal(table.dims))
+    )
+    for suffix, cols in (("hash", ["content_hash"]), ("doc", ["doc_id", "chunk_index"])):
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                sql.Identifier(f"{table.table}_{suffix}"),
+                sql.Identifier(table.table),
+                sql.SQL(", ").join(map(sql.Identifier, cols)),
+            )
+        )
+    return table
+
+
+def fingerprint_for_version(conn: Conn, kb_id: int, version: int) -> FingerprintTable:
+    row = conn.execute(
+        "SELECT f.id, f.fp_key, f.dims, f.table_name, f.spec FROM kb_versions v "
+        "JOIN kb_fingerprints f ON f.id = v.fingerprint_id WHERE v.kb_id = %s AND v.version = %s",
+        (kb_id, version),
+    ).fetchone()
+    if row is None:
+        raise VersionError(f"version {version} does not exist")
+    return FingerprintTable(
+        int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"]
+    )
+
+
+def table_exists(conn: Conn, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL AS ok", (table,)).fetchone()
+    return bool(row and row["ok"])
+
+
+def has_vector_index(conn: Conn, table: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_indexes WHERE tablename = %s AND indexdef ILIKE '%%USING hnsw%%'",
+        (table,),
+    ).fetchone()
+    return bool(row and row["n"])
+
+
+def build_vector_index(conn: Conn, table: str, dims: int, maintenance_work_mem: str) -> bool:
+    """Build the HNSW cosine index once, after the first bulk load.
+
+    Returns False when ``dims`` is beyond what HNSW on ``vector`` takes (exact scans then).
+    """
+    if has_vector_index(conn, table):
+        return True
+    if dims > HNSW_MAX_DIMS:
+        logger.warning(
+            "%d dimensions exceed HNSW's %d for vector columns: queries use exact scans",
+            dims,
+            HNSW_MAX_DIMS,
+        )
+        return False
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)").format(
+            sql.Identifier(f"{table}_hnsw"), sql.Identifier(table)
+        )
+    )
+    return True
+
+
+def in_version(alias: str = "c") -> sql.Composable:
+    """Return the SQL predicate "row belongs to version %(version)s"."""
+    a = sql.Identifier(alias)
+    return sql.SQL(
+        "{a}.valid_from <= %(version)s AND ({a}.valid_to IS NULL OR {a}.valid_to > %(version)s)"
+    ).format(a=a)
+
+
+def version_row(conn: Conn, kb_id: int, version: int) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT * FROM kb_versions WHERE kb_id = %s AND version = %s", (kb_id, version)
+    ).fetchone()
+    if row is None:
+        raise VersionError(f"version {version} does not exist")
+    return dict(row)
+
+
+def list_versions(conn: Conn, kb_id: int) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT v.*, f.table_name, f.fp_key, f.spec AS fingerprint FROM kb_versions v "
+            "JOIN kb_fingerprints f ON f.id = v.fingerprint_id "
+            "WHERE v.kb_id = %s ORDER BY v.version DESC",
+            (kb_id,),
+        ).fetchall()
+    ]
+
+
+def set_status(conn: Conn, kb_id: int, version: int, status: str, **fields: Any) -> None:
+    """Set a version's status and any of its JSON/text columns."""
+    allowed = {"counts", "quality", "smoke", "verdict", "error", "mlflow_run_id", "finished_at"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown version fields {sorted(unknown)!r}")
+    assignments = [sql.SQL("status = %(status)s")]
+    params: dict[str, Any] = {"status": status, "kb_id": kb_id, "version": version}
+    for name, value in fields.items():
+        if name in {"counts", "quality", "smoke", "verdict"} and value is not None:
+            value = json.dumps(value, default=str)
+        assignments.append(sql.SQL("{} = %({})s").format(sql.Identifier(name), sql.SQL(name)))
+        params[name] = value
+    conn.execute(
+        sql.SQL("UPDATE kb_versions SET {} WHERE kb_id = %(kb_id)s AND version = %(version)s").format(
+            sql.SQL(", ").join(assignments)
+        ),
+        params,
+    )
+
+
+def revert_version_rows(conn: Conn, table: str, version: int) -> tuple[int, int]:
+    """Undo what ``version`` did to its chunk table; return (emptied, reopened) rows.
+
+    Rows it added get the empty range [v, v): in no version, but their vectors stay
+    reusable by content hash until purged. Rows it closed are reopened.
+    """
+    t = sql.Identifier(table)
+    emptied = conn.execute(
+        sql.SQL("UPDATE {} SET valid_to = %s WHERE valid_from = %s AND valid_to IS NULL").format(t),
+        (version, version),
+    ).rowcount
+    reopened = conn.execute(
+        sql.SQL("UPDATE {} SET valid_to = NULL WHERE valid_to = %s AND valid_from < %s").format(t),
+        (version, version),
+    ).rowcount
+    return emptied, reopened
+
+
+def purge_dead_rows(conn: Conn, table: str, oldest_kept: int) -> int:
+    """Delete rows that belong to no kept version (closed at or before ``oldest_kept``)."""
+    return conn.execute(
+        sql.SQL("DELETE FROM {} WHERE valid_to IS NOT NULL AND valid_to <= %s").format(
+            sql.Identifier(table)
+        ),
+        (oldest_kept,),
+    ).rowcount
+
+
+def version_stats(conn: Conn, table: str, version: int) -> dict[str, int]:
+    """Return row and document counts of ``version`` in ``table``."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) AS chunks, count(DISTINCT doc_id) AS documents FROM {} c WHERE {}"
+        ).format(sql.Identifier(table), in_version()),
+        {"version": version},
+    ).fetchone()
+    assert row is not None
+    return {"chunks": int(row["chunks"]), "documents": int(row["documents"])}
+
+
+def table_size_bytes(conn: Conn, table: str) -> int:
+    row = conn.execute(
+        "SELECT pg_total_relation_size(quote_ident(%s)::regclass) AS n", (table,)
+    ).fetchone()
+    return int(row["n"]) if row else 0
