@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from kbrefresh.embedders.base import Embedder
 from kbrefresh.errors import EmbeddingError
 from kbrefresh.models import Chunk, Document
-from kbrefresh.store import Conn, FingerprintTable, revert_version_rows
+from kbrefresh.store import Conn, FingerprintTable, in_version, revert_version_rows
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,49 @@ def stage_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) 
             )
             count += 1
     return count
+
+
+def unchanged_documents(
+    conn: Conn, kb_id: int, base_version: int | None, docs: Sequence[Document]
+) -> set[str]:
+    """Return ids of ``docs`` whose content hash equals their hash in ``base_version``."""
+    if base_version is None:
+        return set()
+    base = {
+        r["doc_id"]: r["content_hash"]
+        for r in conn.execute(
+            "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s AND version = %s",
+            (kb_id, base_version),
+        ).fetchall()
+    }
+    return {d.doc_id for d in docs if base.get(d.doc_id) == d.content_hash}
+
+
+def stage_unchanged_chunks(
+    conn: Conn, kb_id: int, version: int, table: str, base_version: int, doc_ids: set[str]
+) -> int:
+    """Stage the chunks of unchanged documents from ``base_version`` inside Postgres.
+
+    Same document hash under the same fingerprint (chunker included) means the same
+    chunks, so they are neither re-chunked in Python nor sent back over the wire.
+    """
+    if not doc_ids:
+        return 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_unchanged (doc_id text PRIMARY KEY) ON COMMIT DROP")
+    with conn.cursor().copy("COPY tmp_unchanged (doc_id) FROM STDIN") as copy:
+        for doc_id in doc_ids:
+            copy.write_row((doc_id,))
+    staged = conn.execute(
+        sql.SQL(
+            "INSERT INTO kb_build_chunks (kb_id, version, doc_id, chunk_index, content, embed_text,"
+            " content_hash, metadata) SELECT %(kb_id)s, %(new)s, c.doc_id, c.chunk_index, c.content,"
+            " '', c.content_hash, c.metadata FROM {} c JOIN tmp_unchanged u ON u.doc_id = c.doc_id"
+            " WHERE "
+        ).format(sql.Identifier(table)) + in_version(),
+        {"kb_id": kb_id, "new": version, "version": base_version},
+    ).rowcount
+    conn.execute("DROP TABLE tmp_unchanged")
+    return staged
 
 
 def clear_staging(conn: Conn, kb_id: int, version: int) -> None:

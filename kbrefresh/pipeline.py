@@ -31,8 +31,15 @@ from kbrefresh.sources import load_source
 logger = logging.getLogger(__name__)
 
 
+# Bump when chunking code changes its output: the fingerprint then forces a full rebuild.
+CHUNKER_ALGORITHM = "kbrefresh-chunker-1"
+
+
 def fingerprint_for(embedder: Embedder, chunker: ChunkerConfig) -> Fingerprint:
-    return Fingerprint(embedder.provider, embedder.model, embedder.dims, chunker.as_dict())
+    return Fingerprint(
+        embedder.provider, embedder.model, embedder.dims,
+        chunker.as_dict() | {"algorithm": CHUNKER_ALGORITHM},
+    )
 
 
 @contextmanager
@@ -147,9 +154,16 @@ def prepare_data(
             conn.commit()
             raise
         changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
+        base = None if ticket.fingerprint_changed else ticket.live_version
+        same = build.unchanged_documents(conn, ticket.kb_id, base, loaded.documents)
+        to_chunk = [d for d in loaded.documents if d.doc_id not in same]
         staged = build.stage_chunks(
-            conn, ticket.kb_id, ticket.version, chunk_documents(loaded.documents, chunker or ChunkerConfig())
+            conn, ticket.kb_id, ticket.version, chunk_documents(to_chunk, chunker or ChunkerConfig())
         )
+        if base is not None:
+            staged += build.stage_unchanged_chunks(
+                conn, ticket.kb_id, ticket.version, ticket.table, base, same
+            )
         store.set_status(conn, ticket.kb_id, ticket.version, "building", quality=report.to_dict())
         tag = store.version_row(conn, ticket.kb_id, ticket.version)["dataset_tag"]
         conn.commit()

@@ -96,6 +96,7 @@ def refresh(
             stats = pipeline.embed_changed(settings, ticket, embedder=embedder,
                                            total_texts=plan.to_embed_texts, on_progress=on_progress)
             seconds["embed_and_load"] = time.perf_counter() - t
+            seconds["embed_only"] = stats.embed_seconds
             t = time.perf_counter()
             counts = {"embedded": stats.rows, "texts_embedded": stats.texts,
                       "reused": plan.unchanged + copied, "removed": closed}

@@ -5,11 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = (
-    "account billing invoice webhook token api key rotate limit retry export import sso saml "
-    "oidc scim agent ticket inbox macro report dashboard mobile notification privacy region "
-    "backup restore latency queue worker schedule cron template field filter search tag team"
-).split()
+WORDS = ["account", "billing", "invoice", "webhook", "token", "api", "key", "rotate", "limit", "retry", "export", "import", "sso", "saml", "oidc", "scim", "agent", "ticket", "inbox", "macro", "report", "dashboard", "mobile", "notification", "privacy", "region", "backup", "restore", "latency", "queue", "worker", "schedule", "cron", "template", "field", "filter", "search", "tag", "team"]
 
 
 def paragraph(rng: random.Random, n: int = 40) -> str:

@@ -1,0 +1,196 @@
+"""Refresh cost vs full build, pipeline load vs bare COPY, peak memory (issue 2).
+
+Run: python benchmarks/bench_refresh.py [--chunks 50000] [--changed 0.01]
+
+Prints ratios measured in one run on this machine; asserts nothing. Each phase runs
+in its own subprocess so its peak RSS is its own. Uses the embedded PostgreSQL in
+a temporary directory unless KBREFRESH_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS_PER_DOC = 5
+
+
+def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return ["".join(rng.choice(letters) for _ in range(rng.randint(3, 10))) for _ in range(size)]
+
+
+def write_doc(path: Path, doc_no: int, rng: random.Random, words: list[str], salt: str = "") -> None:
+    parts = [f"---\ntitle: Article {doc_no}{salt}\ncategory: {'technical' if doc_no % 3 else 'general'}\n"
+             f"updated: 2026-11-01\n---\n# Article {doc_no}{salt}\n"]
+    for s in range(SECTIONS_PER_DOC):
+        text = " ".join(rng.choice(words) for _ in range(130))
+        parts.append(f"## Section {s}\n\n{text}{salt}.\n")
+    path.write_text("\n".join(parts), "utf-8")
+
+
+def make_corpus(root: Path, docs: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    words = vocabulary(rng)
+    for i in range(docs):
+        sub = root / f"part-{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        write_doc(sub / f"doc-{i:06d}.md", i, rng, words)
+
+
+def change_docs(root: Path, share: float, seed: int = 2) -> int:
+    """Edit one section of ``share`` of the documents; return how many."""
+    rng = random.Random(seed)
+    paths = sorted(root.rglob("*.md"))
+    chosen = rng.sample(paths, max(1, int(len(paths) * share)))
+    for path in chosen:
+        text = path.read_text("utf-8")
+        head, _, rest = text.partition("## Section 2\n\n")
+        path.write_text(f"{head}## Section 2\n\nrevised {rng.random():.6f} {rest}", "utf-8")
+    return len(chosen)
+
+
+def phase(name: str, env: dict[str, str], *args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", name, *args], env=env, check=True,
+        capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def run_refresh(source: str) -> dict[str, object]:
+    from kbrefresh.embedders import OfflineEmbedder
+    from kbrefresh.refresh import refresh
+    from kbrefresh.settings import Settings
+
+    settings = Settings()
+    started = time.perf_counter()
+    report = refresh(settings, "bench", source, embedder=OfflineEmbedder(dims=1536),
+                     reason="benchmark")
+    wall = time.perf_counter() - started
+    return {
+        "wall": wall, "seconds": report.seconds, "chunks": report.chunks,
+        "embedded": report.chunks_embedded, "texts": report.texts_embedded,
+        "reused": report.chunks_reused, "removed": report.chunks_removed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_copy_compare() -> dict[str, object]:
+    """Time the pipeline's load path and a bare binary COPY of the same rows."""
+    import numpy as np
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    from kbrefresh import pipeline
+    from kbrefresh.build import load_rows
+    from kbrefresh.db import connect
+    from kbrefresh.settings import Settings
+
+    settings = Settings()
+    with connect(settings) as conn:
+        kb_id = pipeline.store.get_kb_id(conn, "bench")
+        live = pipeline.routing.live_version(conn, kb_id)
+        assert live is not None
+        table = pipeline.store.fingerprint_for_version(conn, kb_id, live).table
+        rows = conn.execute(
+            sql.SQL("SELECT doc_id, chunk_index, content, content_hash, metadata, embedding FROM {} "
+                    "WHERE valid_to IS NULL ORDER BY id LIMIT 20000").format(sql.Identifier(table))
+        ).fetchall()
+        vectors = {r["content_hash"]: np.asarray(r["embedding"].to_numpy(), dtype=np.float32)
+                   for r in rows}
+        results = {}
+        for label in ("bare", "pipeline", "bare2", "pipeline2"):
+            target = f"bench_copy_{label}"
+            # Same columns and b-tree indexes as a chunk table during a full build's load
+            # (the HNSW index is built after the bulk load).
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (LIKE {src} INCLUDING ALL);"
+                                 "DROP INDEX {hnsw}")
+                         .format(t=sql.Identifier(target), src=sql.Identifier(table),
+                                 hnsw=sql.Identifier(f"{target}_embedding_idx")))
+            conn.commit()
+            started = time.perf_counter()
+            if label.startswith("bare"):
+                register_vector(conn)
+                with conn.cursor().copy(sql.SQL(
+                        "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
+                        "valid_from) FROM STDIN WITH (FORMAT BINARY)").format(sql.Identifier(target))) as cp:
+                    cp.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
+                    for r in rows:
+                        cp.write_row((r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
+                                      Jsonb(r["metadata"]), vectors[r["content_hash"]], 1))
+                conn.commit()
+            else:
+                batch = 256  # the pipeline's default batch, one COPY + commit per batch
+                for i in range(0, len(rows), batch):
+                    load_rows(conn, target, 1, rows[i:i + batch], vectors)
+            results[label] = time.perf_counter() - started
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(target)))
+            conn.commit()
+    bare = min(results["bare"], results["bare2"])
+    piped = min(results["pipeline"], results["pipeline2"])
+    return {"rows": len(rows), "bare_s": bare, "pipeline_s": piped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chunks", type=int, default=50_000)
+    parser.add_argument("--changed", type=float, default=0.01)
+    parser.add_argument("--phase", default=None)
+    parser.add_argument("--source", default=None)
+    args = parser.parse_args()
+    if args.phase == "refresh":
+        print(json.dumps(run_refresh(args.source)))
+        return
+    if args.phase == "copy":
+        print(json.dumps(run_copy_compare()))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="kbrefresh-bench-"))
+    env = dict(os.environ, KBREFRESH_DATA_DIR=str(tmp / "data"), KBREFRESH_MAINTENANCE_WORK_MEM="2GB",
+               KBREFRESH_EMBEDDING_DIMS="1536")
+    docs = args.chunks // SECTIONS_PER_DOC
+    source = tmp / "corpus"
+    t = time.perf_counter()
+    make_corpus(source, docs)
+    print(f"corpus: {docs} documents written in {time.perf_counter() - t:.1f}s")
+
+    full = phase("refresh", env, "--source", str(source))
+    print(f"full build: {full['chunks']} chunks, embedded {full['embedded']} in {full['wall']:.1f}s "
+          f"{json.dumps({k: round(v, 1) for k, v in full['seconds'].items()})}; "  # type: ignore[union-attr]
+          f"peak RSS {full['peak_rss_mb']:.0f} MB")
+    changed = change_docs(source, args.changed)
+    inc = phase("refresh", env, "--source", str(source))
+    print(f"refresh: {changed} documents changed; embedded {inc['embedded']} chunks "
+          f"({inc['texts']} texts), reused {inc['reused']}, removed {inc['removed']} in "
+          f"{inc['wall']:.1f}s {json.dumps({k: round(v, 1) for k, v in inc['seconds'].items()})}; "  # type: ignore[union-attr]
+          f"peak RSS {inc['peak_rss_mb']:.0f} MB")
+    vectors_mb = int(full["chunks"]) * 1536 * 4 / 2**20  # type: ignore[call-overload]
+    print(f"  all vectors of the KB would take {vectors_mb:.0f} MB as float32")
+    print(f"RATIO refresh/full wall time: {inc['wall'] / full['wall']:.3f} (target <= 0.10)")  # type: ignore[operator]
+    print(f"CHECK embedded exactly the changed chunks: {inc['embedded'] == changed} "
+          f"({inc['embedded']} embedded, {changed} documents x 1 edited section)")
+
+    cp = phase("copy", env)
+    print(f"load: {cp['rows']} rows, bare binary COPY {cp['bare_s']:.2f}s, pipeline load_rows "
+          f"{cp['pipeline_s']:.2f}s")
+    print(f"RATIO pipeline/bare COPY throughput: {cp['bare_s'] / cp['pipeline_s']:.2f} (target >= 0.8)")  # type: ignore[operator]
+    secs = full["seconds"]
+    load_s = secs["embed_and_load"] - secs["embed_only"]  # type: ignore[index]
+    bare_rate = cp["rows"] / cp["bare_s"]  # type: ignore[operator]
+    print(f"  full build streamed {full['embedded']} rows from staging into the table in {load_s:.1f}s "
+          f"({full['embedded'] / load_s:,.0f} rows/s) vs bare COPY {bare_rate:,.0f} rows/s: "  # type: ignore[operator]
+          f"{full['embedded'] / load_s / bare_rate:.2f}")  # type: ignore[operator]
+
+
+if __name__ == "__main__":
+    main()
