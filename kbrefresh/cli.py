@@ -141,7 +141,7 @@ def demo(
     console.print(f"database: {describe_database(settings)}")
     with _errors():
         _copy_tree(SAMPLES / "base", work)
-        console.rule("month 1: first build of the bundled help center")
+        console.rule("month 1: build from the bundled help center")
         _print_report(_run_refresh(settings, kb, str(work), reason="demo: first build"))
         changes = _apply_change_set(SAMPLES / "next_month", work)
         console.rule(f"month 2: {changes}")
