@@ -345,7 +345,8 @@ def embed_missing(
     and at most one batch of vectors is in memory.
     """
     query = sql.SQL(
-        "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content, s.metadata"
+        "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
+        " s.metadata::text AS metadata"
         " FROM kb_build_chunks s WHERE " + _STAGED + " AND NOT " + _HASH_KNOWN +
         " ORDER BY s.content_hash, s.doc_id, s.chunk_index"
     ).format(t=sql.Identifier(table))
@@ -393,6 +394,15 @@ def _flush(
     return embedded - started, time.perf_counter() - embedded
 
 
+def _jsonb(value: Any) -> Jsonb:
+    # Metadata read as JSON text goes back verbatim: no parse and re-dump per row.
+    return Jsonb(value, dumps=_identity) if isinstance(value, str) else Jsonb(value)
+
+
+def _identity(text: str) -> str:
+    return text
+
+
 def load_rows(
     writer: Conn,
     table: str,
@@ -412,7 +422,7 @@ def load_rows(
             for r in rows:
                 copy.write_row(
                     (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
-                     Jsonb(r["metadata"]), vectors[r["content_hash"]], version)
+                     _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
                 )
     writer.commit()
 

@@ -1,0 +1,86 @@
+"""Migrations runner and connection errors against the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kbrefresh.db import MIGRATIONS_DIR, apply_migrations, connect, load_migrations, redact_url
+from kbrefresh.errors import DatabaseError, MigrationError
+from kbrefresh.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def copy_migrations(tmp_path: Path) -> Path:
+    target = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, target)
+    return target
+
+
+def test_migrations_apply_once_and_record_checksums(database_url: str, tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        first = apply_migrations(conn, migrations)
+        second = apply_migrations(conn, migrations)
+        recorded = conn.execute("SELECT name FROM kbrefresh_migrations ORDER BY name").fetchall()
+    assert first == sorted(p.name for p in migrations.glob("*.sql")) and second == []
+    assert [r[0] for r in recorded] == first
+
+
+def test_an_edited_migration_is_refused(database_url: str, tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn, migrations)
+        path = migrations / "0001_create_catalog.sql"
+        path.write_text(path.read_text("utf-8") + "\n-- edited\n", "utf-8")
+        with pytest.raises(MigrationError) as exc:
+            apply_migrations(conn, migrations)
+    assert "migration '0001_create_catalog.sql' was edited after it was applied" in str(exc.value)
+
+
+def test_a_gap_in_migration_numbers_is_refused(tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    expected = len(list(migrations.glob("*.sql"))) + 1
+    (migrations / "0099_add_thing.sql").write_text("SELECT 1;", "utf-8")
+    with pytest.raises(MigrationError) as exc:
+        load_migrations(migrations)
+    assert str(exc.value) == (
+        f"migration '0099_add_thing.sql' is out of sequence; expected number {expected:04d}"
+    )
+
+
+def test_a_badly_named_migration_is_refused(tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    (migrations / "2_bad name.sql").write_text("SELECT 1;", "utf-8")
+    with pytest.raises(MigrationError) as exc:
+        load_migrations(migrations)
+    assert str(exc.value) == "migration file '2_bad name.sql' does not match NNNN_verb_object.sql"
+
+
+def test_a_failing_migration_applies_nothing(database_url: str, tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    (migrations / "0002_break_things.sql").write_text("CREATE TABLE ok_table (x int); SELEC 1;", "utf-8")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(MigrationError, match="migration '0002_break_things.sql' failed"):
+            apply_migrations(conn, migrations)
+        exists = conn.execute("SELECT to_regclass('kb') IS NOT NULL, to_regclass('ok_table') IS NOT NULL")
+        assert exists.fetchone() == (False, False)
+
+
+def test_unreachable_database_error_hides_the_password(tmp_path: Path) -> None:
+    url = "postgresql://kb:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
+    settings = Settings(database_url=url, data_dir=tmp_path)
+    with pytest.raises(DatabaseError) as exc:
+        with connect(settings):
+            pass
+    assert "s3cret-pw" not in str(exc.value) and "s3cret-pw" not in repr(exc.value)
+    assert str(exc.value).startswith("cannot connect to postgresql://kb:***@127.0.0.1:1/nowhere")
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://u:p%40ss@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
