@@ -7,7 +7,7 @@ tests. Nothing here imports Prefect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +22,8 @@ from kbrefresh.chunking import chunk_documents
 from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import BuildLockedError, DataQualityError
+from kbrefresh.evaluation import GateOutcome, run_gate
+from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.models import ChunkerConfig, Fingerprint
 from kbrefresh.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.settings import Settings
@@ -251,6 +253,27 @@ def smoke_validate(
             build.clear_staging(conn, ticket.kb_id, ticket.version)
         conn.commit()
     return result
+
+
+def validate_candidate(
+    settings: Settings,
+    ticket: BuildTicket,
+    *,
+    smoke: SmokeResult,
+    policy: AcceptancePolicy | None = None,
+    sets: Sequence[str] | None = None,
+) -> GateOutcome:
+    """Judge the candidate against live on golden queries; store the verdict; reject on failure."""
+    outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
+                       build_smoke_failures=smoke.failures)
+    with connect(settings) as conn:
+        status = "candidate" if outcome.verdict.passed else "rejected"
+        store.set_status(conn, ticket.kb_id, ticket.version, status, verdict=outcome.as_dict(),
+                         error=None if outcome.verdict.passed else outcome.verdict.summary[:2000])
+        if not outcome.verdict.passed:
+            build.clear_staging(conn, ticket.kb_id, ticket.version)
+        conn.commit()
+    return outcome
 
 
 @dataclass(frozen=True)

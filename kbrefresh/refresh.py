@@ -13,6 +13,7 @@ from kbrefresh.build import BuildPlan, ProgressFn
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
 from kbrefresh.models import ChunkerConfig
+from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.quality import QualityPolicy
 from kbrefresh.settings import Settings
 
@@ -62,6 +63,7 @@ def refresh(
     quality: QualityPolicy | None = None,
     embedder: Embedder | None = None,
     keep_versions: int | None = None,
+    policy: AcceptancePolicy | None = None,
     lock_wait_seconds: float = 0.0,
     reason: str = "refresh",
     flow_run_id: str | None = None,
@@ -72,7 +74,8 @@ def refresh(
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
-        GateFailed: the candidate failed smoke checks (marked rejected; live untouched).
+        GateFailed: the candidate failed smoke checks or the validation gate (marked
+            rejected; live untouched).
         BuildLockedError: another refresh of ``kb`` is running.
     """
     embedder = embedder or make_embedder(settings)
@@ -105,14 +108,21 @@ def refresh(
             t = time.perf_counter()
             smoke = pipeline.smoke_validate(settings, ticket, embedder=embedder)
             seconds["smoke"] = time.perf_counter() - t
+            t = time.perf_counter()
+            gate = None
+            if smoke.passed:
+                gate = pipeline.validate_candidate(settings, ticket, smoke=smoke, policy=policy)
+            seconds["gate"] = time.perf_counter() - t
         except BaseException as exc:
             pipeline.fail_build(settings, ticket, exc)
             raise
-        if not smoke.passed:
+        if gate is None or not gate.verdict.passed:
+            why = gate.verdict.summary if gate else f"smoke checks failed: {'; '.join(smoke.failures)}"
+            serving = (f"live version {ticket.live_version} keeps serving" if ticket.live_version
+                       else "no version is live yet")
             raise GateFailed(
-                f"version {ticket.version} of {kb!r} failed smoke checks "
-                f"({'; '.join(smoke.failures)}); live version {ticket.live_version} keeps serving",
-                verdict=smoke.as_dict(),
+                f"version {ticket.version} of {kb!r} was rejected: {why.rstrip('.')}; {serving}",
+                verdict=gate.as_dict() if gate else smoke.as_dict(),
             )
         published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
                                      keep_versions=keep_versions)

@@ -50,10 +50,16 @@ def swap_live(
     """Make ``version`` (a candidate that passed its checks) live in one short transaction."""
     with conn.transaction():
         current = _lock_routing(conn, kb_id)
-        status = version_row(conn, kb_id, version)["status"]
-        if status != "candidate":
+        row = version_row(conn, kb_id, version)
+        if row["status"] != "candidate":
             raise VersionError(
-                f"version {version} of {kb_name!r} is {status!r}; only a 'candidate' can go live"
+                f"version {version} of {kb_name!r} is {row['status']!r}; "
+                "only a 'candidate' can go live"
+            )
+        if not (row["verdict"] or {}).get("passed"):
+            raise VersionError(
+                f"version {version} of {kb_name!r} has no passing validation verdict; "
+                f"run `kbrefresh eval --kb {kb_name} --version {version}` to see why"
             )
         _route(conn, kb_id, current, version, "swap", reason, flow_run_id, old_status="retired")
     ensure_live_view(conn, kb_id, kb_name)

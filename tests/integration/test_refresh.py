@@ -16,6 +16,7 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import BuildLockedError, DataQualityError, EmbeddingError, VersionError
 from kbrefresh.models import ChunkerConfig
+from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.quality import QualityPolicy
 from kbrefresh.refresh import refresh
 from kbrefresh.retrieval import search_live
@@ -24,6 +25,16 @@ from kbrefresh.sources import load_source
 from tests.support.corpus import markdown_doc, paragraph, write_corpus
 
 pytestmark = pytest.mark.integration
+
+# These tests are about build mechanics on random synthetic corpora, where retrieval
+# quality and millisecond latencies are noise; the gate has its own tests.
+SMOKE_ONLY = AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None)
+
+
+def run(settings: Settings, kb: str, source: Path | str, **kwargs: Any) -> Any:
+    kwargs.setdefault("embedder", OfflineEmbedder(dims=64))
+    kwargs.setdefault("policy", SMOKE_ONLY)
+    return refresh(settings, kb, str(source), **kwargs)
 
 
 def chunk_hashes(source: Path) -> set[tuple[str, int, str]]:
@@ -96,7 +107,7 @@ def test_first_build_goes_live_with_every_chunk(settings: Settings, corpus: Path
 def test_incremental_refresh_embeds_exactly_the_changed_chunks(
     settings: Settings, corpus: Path
 ) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     before = chunk_hashes(corpus)
     rng = __import__("random").Random(99)
     (corpus / "general/doc-000.md").write_text(markdown_doc("Topic 0 changed", "general", rng), "utf-8")
@@ -106,7 +117,7 @@ def test_incremental_refresh_embeds_exactly_the_changed_chunks(
     new_hashes = {h for _, _, h in after} - {h for _, _, h in before}
 
     embedder = OfflineEmbedder(dims=64)
-    report = refresh(settings, "kb", str(corpus), embedder=embedder)
+    report = run(settings, "kb", corpus, embedder=embedder)
 
     assert report.version == 2 and report.live_version == 2 and report.from_version == 1
     assert report.texts_embedded == len(new_hashes) > 0
@@ -121,8 +132,8 @@ def test_incremental_refresh_embeds_exactly_the_changed_chunks(
 
 
 def test_unchanged_source_embeds_nothing(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
-    report = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
+    report = run(settings, "kb", corpus)
     assert report.texts_embedded == 0 and report.chunks_removed == 0
     assert report.chunks_reused == report.chunks
 
@@ -130,10 +141,10 @@ def test_unchanged_source_embeds_nothing(settings: Settings, corpus: Path) -> No
 def test_rollback_then_refresh_rebuilds_from_the_rolled_back_state(
     settings: Settings, corpus: Path
 ) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     v1 = chunk_hashes(corpus)
     (corpus / "technical/doc-001.md").unlink()
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     with connect(settings, autocommit=True) as conn:
         change = routing.rollback(conn, store.get_kb_id(conn, "kb"), "kb", reason="test")
         assert (change.from_version, change.to_version) == (2, 1)
@@ -147,14 +158,14 @@ def test_rollback_then_refresh_rebuilds_from_the_rolled_back_state(
     assert version_rows(settings, "kb", 1) == v1
 
     (corpus / "technical/doc-003.md").unlink()
-    report = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    report = run(settings, "kb", corpus)
     assert report.version == 3 and report.from_version == 1
     assert version_rows(settings, "kb", 3) == chunk_hashes(corpus)
     assert report.texts_embedded == 0  # nothing new: only deletions since v1
 
 
 def test_rollback_without_an_earlier_version_is_refused(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     with connect(settings, autocommit=True) as conn, pytest.raises(VersionError) as exc:
         routing.rollback(conn, store.get_kb_id(conn, "kb"), "kb")
     assert str(exc.value) == (
@@ -164,15 +175,15 @@ def test_rollback_without_an_earlier_version_is_refused(settings: Settings, corp
 
 
 def test_mass_deletion_breaker_refuses_a_shrunken_source(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     for path in sorted(corpus.rglob("*.md"))[:4]:  # 12 -> 8 documents: -33%
         path.unlink()
     with pytest.raises(DataQualityError) as exc:
-        refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+        run(settings, "kb", corpus)
     assert "shrank from 12 to 8 documents" in str(exc.value)
     assert live(settings, "kb") == 1
     assert statuses(settings, "kb") == {1: "live", 2: "failed"}
-    ok = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64),
+    ok = run(settings, "kb", corpus,
                  quality=QualityPolicy(max_shrink=0.5))
     assert ok.live_version == 3 and ok.documents == 8
 
@@ -180,7 +191,7 @@ def test_mass_deletion_breaker_refuses_a_shrunken_source(settings: Settings, cor
 def test_empty_source_is_refused(settings: Settings, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataQualityError) as exc:
-        refresh(settings, "kb", str(tmp_path / "empty"), embedder=OfflineEmbedder(dims=64))
+        run(settings, "kb", tmp_path / "empty")
     assert "no documents" in str(exc.value)
     with connect(settings) as conn:
         assert routing.live_version(conn, store.get_kb_id(conn, "kb")) is None
@@ -189,25 +200,25 @@ def test_empty_source_is_refused(settings: Settings, tmp_path: Path) -> None:
 def test_failure_mid_build_leaves_live_serving_and_next_run_reuses_work(
     settings: Settings, corpus: Path
 ) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     hits_before = search_live(settings, "kb", "billing invoice", embedder=OfflineEmbedder(dims=64))
     write_corpus(corpus, 12, seed=8)  # every document changes
     settings_small = settings.model_copy(update={"embed_batch_size": 4})
     with pytest.raises(EmbeddingError, match="injected failure"):
-        refresh(settings_small, "kb", str(corpus), embedder=FailingEmbedder(64, fail_on=3))
+        run(settings_small, "kb", corpus, embedder=FailingEmbedder(64, fail_on=3))
     assert live(settings, "kb") == 1
     assert statuses(settings, "kb") == {1: "live", 2: "failed"}
     assert search_live(settings, "kb", "billing invoice", embedder=OfflineEmbedder(dims=64)) == hits_before
 
     total_new = len({h for _, _, h in chunk_hashes(corpus)})
-    report = refresh(settings_small, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    report = run(settings_small, "kb", corpus)
     assert report.live_version == 3
     assert report.texts_embedded == total_new - 8  # two batches of 4 survived the failure
     assert version_rows(settings, "kb", 3) == chunk_hashes(corpus)
 
 
 def test_crash_before_swap_is_resumed_by_the_next_run(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     write_corpus(corpus, 12, seed=9)
     embedder = OfflineEmbedder(dims=64)
     fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
@@ -219,14 +230,14 @@ def test_crash_before_swap_is_resumed_by_the_next_run(settings: Settings, corpus
         pipeline.embed_changed(settings, ticket, embedder=embedder)
     assert live(settings, "kb") == 1 and statuses(settings, "kb")[2] == "building"
 
-    report = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    report = run(settings, "kb", corpus)
     assert report.resumed and report.version == 2 and report.live_version == 2
     assert report.texts_embedded == 0
     assert version_rows(settings, "kb", 2) == chunk_hashes(corpus)
 
 
 def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     write_corpus(corpus, 12, seed=10)
     embedder = OfflineEmbedder(dims=64)
     fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
@@ -251,10 +262,10 @@ def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: P
 
 
 def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     with pipeline.refresh_lock(settings, "kb"):
         with pytest.raises(BuildLockedError) as exc:
-            refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+            run(settings, "kb", corpus)
         assert str(exc.value).startswith("another refresh of knowledge base 'kb' is running")
 
     holding, release = threading.Event(), threading.Event()
@@ -269,7 +280,7 @@ def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path
     holding.wait(30)
     results: list[Any] = []
     waiter = threading.Thread(target=lambda: results.append(
-        refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64), lock_wait_seconds=30)))
+        run(settings, "kb", corpus, lock_wait_seconds=30)))
     waiter.start()
     release.set()
     holder.join(30)
@@ -287,7 +298,7 @@ def test_hostile_kb_name_and_doc_ids_are_handled_safely(settings: Settings, tmp_
     for name in names:
         (root / "general").mkdir(parents=True, exist_ok=True)
         (root / "general" / f"{name}.md").write_text(markdown_doc(name, "general", rng), "utf-8")
-    report = refresh(settings, HOSTILE_KB, str(root), embedder=OfflineEmbedder(dims=64))
+    report = run(settings, HOSTILE_KB, root)
     assert report.live_version == 1 and report.documents == 4
     with connect(settings) as conn:
         docs = {r["doc_id"] for r in conn.execute(
@@ -295,13 +306,13 @@ def test_hostile_kb_name_and_doc_ids_are_handled_safely(settings: Settings, tmp_
         assert docs == {f"general/{n}" for n in names}
         assert conn.execute("SELECT count(*) AS n FROM kb").fetchone() == {"n": 1}
     with pytest.raises(Exception, match="control characters"):
-        refresh(settings, "bad\nname", str(root), embedder=OfflineEmbedder(dims=64))
+        run(settings, "bad\nname", root)
 
 
 def test_fingerprint_change_means_full_build_in_a_new_table(settings: Settings, corpus: Path) -> None:
-    first = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    first = run(settings, "kb", corpus)
     plans: list[Any] = []
-    second = refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=32),
+    second = run(settings, "kb", corpus, embedder=OfflineEmbedder(dims=32),
                      on_plan=plans.append)
     assert plans[0].full_build and plans[0].to_embed_chunks == first.chunks
     assert plans[0].estimated_tokens > 0
@@ -317,7 +328,7 @@ def test_fingerprint_change_means_full_build_in_a_new_table(settings: Settings, 
 def test_old_versions_are_archived_and_their_rows_purged(settings: Settings, corpus: Path) -> None:
     for seed in (1, 2, 3):
         write_corpus(corpus, 12, seed=seed)
-        refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64), keep_versions=2)
+        run(settings, "kb", corpus, keep_versions=2)
     assert statuses(settings, "kb") == {1: "archived", 2: "retired", 3: "live"}
     with connect(settings) as conn:
         table = store.fingerprint_for_version(conn, store.get_kb_id(conn, "kb"), 3).table
@@ -328,7 +339,7 @@ def test_old_versions_are_archived_and_their_rows_purged(settings: Settings, cor
 
 
 def test_vectors_are_unit_and_finite(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "kb", str(corpus), embedder=OfflineEmbedder(dims=64))
+    run(settings, "kb", corpus)
     with connect(settings) as conn:
         rows = conn.execute('SELECT embedding FROM "kb_kb_live"').fetchall()
     norms = [float(np.linalg.norm(r["embedding"].to_numpy())) for r in rows]

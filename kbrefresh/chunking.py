@@ -1,0 +1,448 @@
+"""Cut documents into chunks that follow their structure, and render what gets embedded.
+
+A document is parsed into sections (Markdown with markdown-it-py, HTML with
+BeautifulSoup, plain text by blank lines); each section is a list of blocks
+(paragraphs, lists, tables, code). Blocks are packed into chunks of at most
+``max_chars`` characters of ``text``; a block is only split when it alone is too long
+(paragraphs at sentence, then word boundaries; code, tables and lists at lines).
+A chunk after the first of its section starts with up to ``overlap_chars`` from the
+end of the previous one (cut at a word); ``max_chars`` bounds the text, overlap
+included. Section paths join the heading trail with " › ", leaving out a first
+heading that merely repeats the title. Sections are chunked independently, so
+editing one section leaves the chunks (and hashes) of every other section unchanged,
+except that a section shorter than ``min_chars`` is carried into the next chunk of
+the document (or, at the end, appended to the previous one) instead of standing alone.
+
+``embed_text`` is ``header_template`` filled with title, section, category and text.
+When the title, section or category is empty, its placeholder is removed together
+with the separator next to it (``"{title} › {section}"`` renders as just the title),
+so no dangling ``" › "`` is embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import string
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from bs4 import BeautifulSoup
+from bs4.element import NavigableString, PreformattedString, Tag
+from markdown_it import MarkdownIt
+
+from kbrefresh.errors import ConfigError
+from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
+
+__all__ = ["TEMPLATE_FIELDS", "chunk_document", "chunk_documents", "estimate_tokens"]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FIELDS = ("title", "section", "category", "text")
+SECTION_SEPARATOR = " › "
+_BLOCK_SEP = "\n\n"
+_PARAGRAPHS = (re.compile(r"\n[ \t]*\n\s*"), "\n\n")
+_SENTENCES = (re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+"), " ")
+_LINES = (re.compile(r"\n"), "\n")
+_WORDS = (re.compile(r"\s+"), " ")
+_SPLITTERS = {
+    "para": (_PARAGRAPHS, _SENTENCES, _WORDS),
+    "lines": (_LINES, _WORDS),
+}
+_HTML_DROPPED = frozenset(
+    {"script", "style", "nav", "footer", "header", "aside", "noscript", "head", "template"}
+)
+_HTML_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_HTML_PARAGRAPHS = frozenset({"p", "address", "figcaption", "caption", "summary"})
+_HTML_CONTAINERS = frozenset(
+    {"html", "body", "main", "article", "section", "div", "blockquote", "figure"}
+    | {"form", "fieldset", "details", "center", "dl", "dd", "dt", "li", "picture"}
+)
+_HTML_BLOCKS = _HTML_PARAGRAPHS | _HTML_CONTAINERS | set(_HTML_HEADINGS)
+_HTML_BLOCKS |= {"pre", "ul", "ol", "table", "hr"}
+_TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
+
+
+def estimate_tokens(text: str) -> int:
+    """Return a rough token count (``ceil(len / 4)``); no tokenizer is consulted."""
+    return math.ceil(len(text) / 4)
+
+
+def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
+    """Return the chunks of ``doc``, numbered from 0, identical for identical input.
+
+    Raises:
+        ConfigError: ``config`` is out of range, its template has unknown
+            placeholders, or ``doc.format`` is not markdown, html or text.
+    """
+    _check_config(config)
+    sections = _parse(doc)
+    pieces = _section_texts(sections, config)
+    chunks = []
+    for index, (section, text) in enumerate(pieces):
+        embed_text = _render(config.header_template, doc, section, text)
+        chunks.append(
+            Chunk(
+                doc_id=doc.doc_id,
+                chunk_index=index,
+                text=text,
+                embed_text=embed_text,
+                content_hash=sha256_text(embed_text),
+                section=section,
+                metadata={"section": section},
+            )
+        )
+    return chunks
+
+
+def chunk_documents(docs: Iterable[Document], config: ChunkerConfig) -> Iterator[Chunk]:
+    """Yield the chunks of every document in order (lazily, one document at a time)."""
+    _check_config(config)
+    for doc in docs:
+        yield from chunk_document(doc, config)
+
+
+# -- configuration and template ----------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _check_config(config: ChunkerConfig) -> None:
+    if config.max_chars < 1:
+        raise ConfigError(f"max_chars must be at least 1, got {config.max_chars!r}")
+    if not 0 <= config.overlap_chars < config.max_chars:
+        raise ConfigError(
+            f"overlap_chars must be between 0 and max_chars - 1 ({config.max_chars - 1}), "
+            f"got {config.overlap_chars!r}"
+        )
+    if not 0 <= config.min_chars <= config.max_chars:
+        raise ConfigError(
+            f"min_chars must be between 0 and max_chars ({config.max_chars}), "
+            f"got {config.min_chars!r}"
+        )
+    valid = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(config.header_template)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"header_template {config.header_template!r} is not a valid format string "
+            f"({exc}); valid placeholders are {valid}"
+        ) from exc
+    unknown = [name for name in names if name is not None and name not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ConfigError(
+            f"header_template uses unknown placeholder {unknown[0]!r}; "
+            f"valid placeholders are {valid}"
+        )
+    if "text" not in names:
+        raise ConfigError(
+            f"header_template {config.header_template!r} must contain {{text}}, "
+            "or the chunk itself would not be embedded"
+        )
+
+
+@lru_cache(maxsize=256)
+def _template_without(template: str, empty: frozenset[str]) -> str:
+    """Drop the placeholders in ``empty`` together with one adjacent separator."""
+    for name in sorted(empty):
+        placeholder = r"\{" + name + r"(?:![rsa])?(?::[^{}]*)?\}"
+        before = re.compile(_TEMPLATE_SEPARATOR + placeholder)
+        after = re.compile(placeholder + _TEMPLATE_SEPARATOR)
+        for pattern in (before, after, re.compile(placeholder)):
+            template, count = pattern.subn("", template, count=1)
+            if count:
+                break
+    return template
+
+
+def _render(template: str, doc: Document, section: str, text: str) -> str:
+    values = {"title": doc.title.strip(), "section": section, "category": doc.category}
+    empty = frozenset(name for name, value in values.items() if not value)
+    if empty:
+        template = _template_without(template, empty)
+    return template.format(text=text, **values).strip()
+
+
+# -- parsing into sections ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Block:
+    text: str
+    kind: str  # "para" or "lines": how to split it when it alone exceeds max_chars
+
+
+@dataclass
+class _Section:
+    path: str
+    blocks: list[_Block] = field(default_factory=list)
+
+
+class _Sections:
+    """Collect blocks under the heading path they appear in."""
+
+    def __init__(self, title: str) -> None:
+        # The first heading usually repeats the title, which the header already shows.
+        self._title = title.strip().casefold()
+        self._stack: list[tuple[int, str]] = []
+        self.sections = [_Section("")]
+
+    def heading(self, level: int, text: str) -> None:
+        while self._stack and self._stack[-1][0] >= level:
+            self._stack.pop()
+        self._stack.append((level, " ".join(text.split())))
+        names = [name for _, name in self._stack if name]
+        if names and names[0].casefold() == self._title:
+            names = names[1:]
+        self.sections.append(_Section(SECTION_SEPARATOR.join(names)))
+
+    def block(self, text: str, kind: str) -> None:
+        text = text.strip("\n").rstrip()
+        if text.strip():
+            self.sections[-1].blocks.append(_Block(text, kind))
+
+
+def _parse(doc: Document) -> list[_Section]:
+    if doc.format == "markdown":
+        return _markdown_sections(doc.content, doc.title)
+    if doc.format == "html":
+        return _html_sections(doc.content, doc.title)
+    if doc.format == "text":
+        sections = _Sections(doc.title)
+        for paragraph in _PARAGRAPHS[0].split(doc.content):
+            sections.block(paragraph, "para")
+        return sections.sections
+    raise ConfigError(
+        f"document {doc.doc_id!r} has format {doc.format!r}; expected 'markdown', 'html' or 'text'"
+    )
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> MarkdownIt:
+    parser = MarkdownIt("commonmark").enable("table")
+    # Blocks are sliced from the source by line map; inline parsing would only cost time.
+    parser.core.ruler.disable(["inline"])
+    return parser
+
+
+def _markdown_sections(content: str, title: str) -> list[_Section]:
+    sections = _Sections(title)
+    lines = content.split("\n")
+    tokens = _markdown().parse(content)
+    for index, token in enumerate(tokens):
+        if token.level != 0 or token.nesting == -1 or token.map is None:
+            continue
+        if token.type == "heading_open":
+            sections.heading(int(token.tag[1]), tokens[index + 1].content)
+        elif token.type == "paragraph_open" or token.type == "blockquote_open":
+            sections.block("\n".join(lines[token.map[0] : token.map[1]]), "para")
+        elif token.type != "hr":
+            sections.block("\n".join(lines[token.map[0] : token.map[1]]), "lines")
+    return sections.sections
+
+
+def _html_sections(content: str, title: str) -> list[_Section]:
+    soup = BeautifulSoup(content, "html.parser")
+    sections = _Sections(title)
+    _HtmlWalker(sections).walk(soup.body or soup)
+    return sections.sections
+
+
+class _HtmlWalker:
+    """Walk HTML in document order, turning block elements into section blocks."""
+
+    def __init__(self, sections: _Sections) -> None:
+        self._sections = sections
+        self._inline: list[str] = []
+
+    def walk(self, node: Tag) -> None:
+        for child in node.children:
+            if isinstance(child, PreformattedString):
+                continue
+            if isinstance(child, NavigableString):
+                self._inline.append(str(child))
+            elif isinstance(child, Tag):
+                self._element(child)
+        self._flush()
+
+    def _element(self, tag: Tag) -> None:
+        name = tag.name
+        if name in _HTML_DROPPED:
+            return
+        if name == "br":
+            self._inline.append("\n")
+            return
+        if name not in _HTML_BLOCKS:
+            self._inline.append(_inline_text(tag))
+            return
+        self._flush()
+        if name in _HTML_HEADINGS:
+            self._sections.heading(_HTML_HEADINGS[name], _inline_text(tag))
+        elif name in _HTML_PARAGRAPHS:
+            self._sections.block(_inline_text(tag), "para")
+        elif name == "pre":
+            self._sections.block(tag.get_text(), "lines")
+        elif name in {"ul", "ol"}:
+            self._sections.block("\n".join(_list_lines(tag, 0)), "lines")
+        elif name == "table":
+            self._sections.block(_table_text(tag), "lines")
+        elif name != "hr":
+            self.walk(tag)
+
+    def _flush(self) -> None:
+        text = " ".join("".join(self._inline).split())
+        self._inline.clear()
+        self._sections.block(text, "para")
+
+
+def _inline_text(tag: Tag) -> str:
+    parts: list[str] = []
+    _collect_text(tag, parts)
+    return " ".join("".join(parts).split())
+
+
+def _collect_text(tag: Tag, parts: list[str]) -> None:
+    for node in tag.children:
+        if isinstance(node, Tag):
+            if node.name == "br":
+                parts.append(" ")
+            elif node.name not in _HTML_DROPPED:
+                _collect_text(node, parts)
+        elif isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
+            parts.append(node)
+
+
+def _child_tags(tag: Tag, names: set[str]) -> list[Tag]:
+    return [child for child in tag.children if isinstance(child, Tag) and child.name in names]
+
+
+def _descendant_tags(tag: Tag, names: set[str]) -> Iterator[Tag]:
+    for child in tag.children:
+        if isinstance(child, Tag):
+            if child.name in names:
+                yield child
+            else:
+                yield from _descendant_tags(child, names)
+
+
+def _list_lines(tag: Tag, depth: int) -> list[str]:
+    lines = []
+    for number, item in enumerate(_child_tags(tag, {"li"}), start=1):
+        nested = list(_descendant_tags(item, {"ul", "ol"}))
+        for sub in nested:
+            sub.extract()
+        marker = f"{number}." if tag.name == "ol" else "-"
+        lines.append(f"{'  ' * depth}{marker} {_inline_text(item)}")
+        for sub in nested:
+            lines.extend(_list_lines(sub, depth + 1))
+    return lines
+
+
+def _table_text(tag: Tag) -> str:
+    lines = []
+    lines = [_inline_text(caption) for caption in _child_tags(tag, {"caption"})]
+    for row in _descendant_tags(tag, {"tr"}):
+        cells = _child_tags(row, {"th", "td"})
+        lines.append(" | ".join(_inline_text(cell) for cell in cells))
+    return "\n".join(line for line in lines if line.strip(" |"))
+
+
+# -- packing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: str
+    sep: str  # joins it to the piece before it in the same chunk
+
+
+def _section_texts(sections: list[_Section], config: ChunkerConfig) -> list[tuple[str, str]]:
+    """Return (section path, chunk text) pairs for a whole document."""
+    out: list[tuple[str, str]] = []
+    carried: list[_Piece] = []
+    carried_path = ""
+    for section in sections:
+        pieces = [piece for block in section.blocks for piece in _pieces(block, config)]
+        if not pieces:
+            continue
+        if _joined_length(pieces) < config.min_chars:
+            carried_path = carried_path if carried else section.path
+            carried.extend(pieces)
+            continue
+        out.extend((section.path, text) for text in _pack(carried + pieces, config))
+        carried = []
+    if carried:
+        tail = _join(carried)
+        if out and len(out[-1][1]) + len(_BLOCK_SEP) + len(tail) <= config.max_chars:
+            out[-1] = (out[-1][0], out[-1][1] + _BLOCK_SEP + tail)
+        else:
+            out.append((carried_path, tail))
+    return out
+
+
+def _pieces(block: _Block, config: ChunkerConfig) -> list[_Piece]:
+    return list(_split(block.text, _SPLITTERS[block.kind], config.max_chars, _BLOCK_SEP))
+
+
+def _split(
+    text: str, splitters: tuple[tuple[re.Pattern[str], str], ...], limit: int, sep: str
+) -> Iterator[_Piece]:
+    if len(text) <= limit:
+        yield _Piece(text, sep)
+        return
+    if not splitters:
+        for start in range(0, len(text), limit):
+            yield _Piece(text[start : start + limit], sep if start == 0 else "")
+        return
+    (pattern, joiner), rest = splitters[0], splitters[1:]
+    parts = [part for part in pattern.split(text) if part.strip()]
+    if len(parts) <= 1:
+        yield from _split(text, rest, limit, sep)
+        return
+    for number, part in enumerate(parts):
+        yield from _split(part, rest, limit, sep if number == 0 else joiner)
+
+
+def _pack(pieces: list[_Piece], config: ChunkerConfig) -> list[str]:
+    """Greedily fill chunks; each new chunk starts with the tail of the previous one."""
+    chunks: list[str] = []
+    current: list[str] = []
+    length = 0
+    for piece in pieces:
+        if current and length + len(piece.sep) + len(piece.text) <= config.max_chars:
+            current += [piece.sep, piece.text]
+            length += len(piece.sep) + len(piece.text)
+            continue
+        if current:
+            previous = "".join(current)
+            chunks.append(previous)
+            joiner = piece.sep or " "
+            budget = min(config.overlap_chars, config.max_chars - len(joiner) - len(piece.text))
+            seed = _tail(previous, budget)
+            current = [seed, joiner, piece.text] if seed else [piece.text]
+        else:
+            current = [piece.text]
+        length = sum(len(part) for part in current)
+    if current:
+        chunks.append("".join(current))
+    return chunks
+
+
+def _tail(text: str, limit: int) -> str:
+    """Return at most ``limit`` trailing characters of ``text``, starting at a word."""
+    if limit <= 0:
+        return ""
+    tail = text[-limit:]
+    if len(tail) < len(text) and not text[-limit - 1].isspace():
+        match = re.search(r"\s", tail)
+        tail = tail[match.end() :] if match else ""
+    return tail.strip()
+
+
+def _joined_length(pieces: list[_Piece]) -> int:
+    return sum(len(piece.text) + len(piece.sep) for piece in pieces) - len(pieces[0].sep)
+
+
+def _join(pieces: list[_Piece]) -> str:
+    return "".join(piece.sep + piece.text for piece in pieces)[len(pieces[0].sep) :]

@@ -1,0 +1,252 @@
+"""Run golden queries against a candidate and the live version, then judge them.
+
+Queries are embedded once per fingerprint (outside the timed part), then searched
+against candidate and live alternately, query by query, so both see the same
+cache state and machine load; latency is measured around each search. Chunks map
+to their documents, so labels survive re-chunking.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from psycopg import sql
+
+from kbrefresh import routing, store
+from kbrefresh.db import connect
+from kbrefresh.embedders import Embedder, OfflineEmbedder, make_embedder
+from kbrefresh.errors import ConfigError
+from kbrefresh.gate import Verdict, evaluate_gate
+from kbrefresh.golden import GoldenQuery, load_golden_file, unknown_doc_ids
+from kbrefresh.metrics import MetricTable, QueryResult, aggregate, smoke_failures
+from kbrefresh.policy import AcceptancePolicy, default_policy
+from kbrefresh.search import search_version
+from kbrefresh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+AUTO_SET = "auto-titles"
+_AUTO_LIMIT = 200
+_WARMUP = 10
+
+
+@dataclass(frozen=True)
+class GoldenLoadReport:
+    loaded: int
+    sets: dict[str, int]
+    unknown_ids: dict[str, list[int]]
+
+
+def load_golden(settings: Settings, kb: str, path: str | Path) -> GoldenLoadReport:
+    """Store the golden queries of ``path`` for ``kb``, replacing the sets the file names.
+
+    Ids unknown to the KB's document catalog are stored anyway and reported.
+    """
+    queries = load_golden_file(path)
+    with connect(settings) as conn:
+        kb_id = store.ensure_kb(conn, kb)
+        known = {
+            r["doc_id"]
+            for r in conn.execute(
+                "SELECT doc_id FROM kb_documents WHERE kb_id = %s AND deleted_at IS NULL", (kb_id,)
+            ).fetchall()
+        }
+        sets = sorted({q.set_name for q in queries})
+        conn.execute(
+            "DELETE FROM golden_queries WHERE kb_id = %s AND set_name = ANY(%s)", (kb_id, sets)
+        )
+        with conn.cursor().copy(
+            "COPY golden_queries (kb_id, set_name, query, relevant, slice) FROM STDIN"
+        ) as copy:
+            for q in queries:
+                copy.write_row((kb_id, q.set_name, q.query, list(q.relevant), q.slice))
+        conn.commit()
+    counts = {s: sum(1 for q in queries if q.set_name == s) for s in sets}
+    return GoldenLoadReport(len(queries), counts, unknown_doc_ids(queries, known))
+
+
+def stored_golden(
+    conn: store.Conn, kb_id: int, sets: Sequence[str] | None = None
+) -> list[GoldenQuery]:
+    rows = conn.execute(
+        "SELECT query, relevant, slice, set_name FROM golden_queries WHERE kb_id = %s"
+        " AND (%s::text[] IS NULL OR set_name = ANY(%s::text[])) ORDER BY set_name, id",
+        (kb_id, list(sets) if sets else None, list(sets) if sets else None),
+    ).fetchall()
+    return [GoldenQuery(r["query"], tuple(r["relevant"]), r["slice"], r["set_name"]) for r in rows]
+
+
+def auto_golden(conn: store.Conn, kb_id: int, versions: Sequence[int]) -> list[GoldenQuery]:
+    """Known-item queries from document titles, for documents in every given version."""
+    rows = conn.execute(
+        "SELECT d.doc_id, d.title FROM kb_documents d WHERE d.kb_id = %s AND ("
+        " SELECT count(DISTINCT m.version) FROM kb_version_documents m WHERE m.kb_id = d.kb_id"
+        " AND m.doc_id = d.doc_id AND m.version = ANY(%s)) = %s"
+        " ORDER BY md5(d.doc_id) LIMIT %s",
+        (kb_id, list(versions), len(set(versions)), _AUTO_LIMIT),
+    ).fetchall()
+    # One slice: per-category disparity on synthetic title queries would be noise.
+    return [GoldenQuery(r["title"], (r["doc_id"],), "all", AUTO_SET) for r in rows]
+
+
+def embedder_for(settings: Settings, spec: dict[str, Any]) -> Embedder:
+    """Return an embedder that reproduces the vectors of fingerprint ``spec``."""
+    if spec["provider"] == "offline":
+        return OfflineEmbedder(dims=int(spec["dims"]))
+    configured = make_embedder(settings)
+    if (configured.provider, configured.model, configured.dims) != (
+        spec["provider"], spec["model"], spec["dims"]
+    ):
+        configured = make_embedder(settings.model_copy(
+            update={"embedder": spec["provider"], "embedding_model": spec["model"],
+                    "embedding_dims": spec["dims"]}))
+    return configured
+
+
+def version_size_bytes(conn: store.Conn, table: str, version: int) -> int:
+    """Table + index size attributed to ``version`` by its share of the table's rows."""
+    total = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(table))
+    ).fetchone()
+    rows = store.version_stats(conn, table, version)["chunks"]
+    n = int(total["n"]) if total else 0
+    return 0 if n == 0 else int(store.table_size_bytes(conn, table) * rows / n)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    candidate: MetricTable
+    live: MetricTable | None
+    candidate_size: int
+    live_size: int | None
+    smoke_failures: tuple[str, ...]
+    golden: str
+    n_queries: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "live": self.live.to_dict() if self.live else None,
+            "candidate_size_bytes": self.candidate_size,
+            "live_size_bytes": self.live_size,
+            "smoke_failures": list(self.smoke_failures),
+            "golden": self.golden,
+            "n_queries": self.n_queries,
+        }
+
+
+def evaluate(
+    settings: Settings,
+    conn: store.Conn,
+    kb_id: int,
+    candidate: int,
+    live: int | None,
+    *,
+    policy: AcceptancePolicy,
+    sets: Sequence[str] | None = None,
+) -> Evaluation:
+    """Measure ``candidate`` (and ``live``) on the KB's golden sets, or auto title queries."""
+    queries = stored_golden(conn, kb_id, sets)
+    golden = f"golden sets {sorted({q.set_name for q in queries})}" if queries else ""
+    if not queries:
+        if sets:
+            raise ConfigError(f"no golden queries stored in sets {list(sets)!r}; load them first")
+        queries = auto_golden(conn, kb_id, [v for v in (candidate, live) if v is not None])
+        golden = f"{AUTO_SET}: known-item queries from document titles (no golden sets loaded)"
+    depth = max(policy.k, policy.ndcg_k) * 3
+    targets = [candidate] + ([live] if live is not None else [])
+    tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
+    vectors = {v: embedder_for(settings, dict(tables[v].spec)).embed([q.query for q in queries])
+               for v in targets}
+    results, duplicated = _run(conn, queries, tables, vectors, depth)
+    tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
+    failures = smoke_failures(results[candidate]) + [
+        f"duplicated chunk ids in the results of {q!r}" for q in duplicated[candidate][:5]
+    ]
+    return Evaluation(
+        candidate=tables_out[candidate],
+        live=tables_out.get(live) if live is not None else None,
+        candidate_size=version_size_bytes(conn, tables[candidate].table, candidate),
+        live_size=version_size_bytes(conn, tables[live].table, live) if live is not None else None,
+        smoke_failures=tuple(failures),
+        golden=golden,
+        n_queries=len(queries),
+    )
+
+
+def _run(
+    conn: store.Conn,
+    queries: Sequence[GoldenQuery],
+    tables: dict[int, store.FingerprintTable],
+    vectors: dict[int, npt.NDArray[np.float32]],
+    depth: int,
+) -> tuple[dict[int, list[QueryResult]], dict[int, list[str]]]:
+    """Return each version's results and the queries whose hits repeated a chunk id."""
+    versions = list(tables)
+    for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
+        for v in versions:
+            search_version(conn, tables[v].table, v, vectors[v][i], k=depth)
+    results: dict[int, list[QueryResult]] = {v: [] for v in versions}
+    duplicated: dict[int, list[str]] = {v: [] for v in versions}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside one timed search would land on one version only
+    try:
+        for i, q in enumerate(queries):
+            order = versions if i % 2 == 0 else versions[::-1]
+            for v in order:
+                started = time.perf_counter()
+                hits = search_version(conn, tables[v].table, v, vectors[v][i], k=depth)
+                elapsed = (time.perf_counter() - started) * 1000
+                results[v].append(QueryResult(
+                    q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
+                    tuple(h.similarity for h in hits),
+                ))
+                if len({h.chunk_id for h in hits}) != len(hits):
+                    duplicated[v].append(q.query)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return results, duplicated
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    verdict: Verdict
+    evaluation: Evaluation
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.verdict.to_dict() | {"evaluation": self.evaluation.as_dict()}
+
+
+def run_gate(
+    settings: Settings,
+    kb: str,
+    version: int,
+    *,
+    against: int | None | str = "live",
+    policy: AcceptancePolicy | None = None,
+    sets: Sequence[str] | None = None,
+    build_smoke_failures: Sequence[str] = (),
+) -> GateOutcome:
+    """Evaluate ``version`` against live (or another version, or None) and judge it."""
+    policy = policy or default_policy()
+    with connect(settings) as conn:
+        kb_id = store.get_kb_id(conn, kb)
+        baseline = routing.live_version(conn, kb_id) if against == "live" else against
+        if baseline == version:
+            baseline = None
+        assert baseline is None or isinstance(baseline, int)
+        ev = evaluate(settings, conn, kb_id, version, baseline, policy=policy, sets=sets)
+    verdict = evaluate_gate(
+        ev.candidate, ev.live, policy, candidate_size_bytes=ev.candidate_size,
+        live_size_bytes=ev.live_size, smoke_failures=[*build_smoke_failures, *ev.smoke_failures],
+    )
+    return GateOutcome(verdict, ev)

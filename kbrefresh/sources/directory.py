@@ -1,0 +1,230 @@
+"""Read a directory tree of Markdown, HTML and plain-text files into documents."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from bs4 import BeautifulSoup
+from bs4.element import Tag
+from bs4.filter import SoupStrainer
+from markdown_it import MarkdownIt
+
+from kbrefresh.models import Document
+from kbrefresh.sources import (
+    LoadProblem,
+    LoadResult,
+    as_utc_datetime,
+    document_content_hash,
+    json_safe,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMATS_BY_SUFFIX: Mapping[str, str] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".txt": "text",
+}
+DEFAULT_CATEGORY = "general"
+_FRONT_MATTER_FENCE = "---"
+_FRONT_MATTER_CLOSERS = frozenset({"---", "..."})
+_HTML_META_IGNORED = frozenset({"viewport", "robots", "generator"})
+_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+\S.*$", re.MULTILINE)
+
+
+class _Problem(Exception):
+    """Internal: one file cannot become a document; becomes a LoadProblem."""
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> MarkdownIt:
+    parser = MarkdownIt("commonmark").enable("table")
+    # Only block structure is needed to find the first heading; inline parsing halves speed.
+    parser.core.ruler.disable(["inline"])
+    return parser
+
+
+def load_directory(root: Path, *, source: str) -> LoadResult:
+    """Load every supported file under ``root`` (recursively, hidden entries ignored)."""
+    documents: list[Document] = []
+    problems: list[LoadProblem] = []
+    skipped = 0
+    for path in _walk(root, problems):
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+        if fmt is None:
+            skipped += 1
+            continue
+        try:
+            documents.append(_load_file(path, rel, fmt))
+        except _Problem as exc:
+            problems.append(LoadProblem(path=str(rel), reason=str(exc)))
+    documents.sort(key=lambda doc: (doc.doc_id, doc.uri))
+    problems.sort(key=lambda problem: problem.path)
+    logger.info(
+        "loaded %d documents from %s (%d problems, %d unsupported files skipped)",
+        len(documents),
+        source,
+        len(problems),
+        skipped,
+    )
+    return LoadResult(
+        documents=tuple(documents),
+        problems=tuple(problems),
+        source=source,
+        skipped_files=skipped,
+    )
+
+
+def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
+    def unlisted(exc: OSError) -> None:
+        # os.walk skips unreadable folders silently; their files would just vanish.
+        where = Path(exc.filename or root)
+        rel = where.relative_to(root).as_posix() if where != root else "."
+        problems.append(LoadProblem(path=rel, reason=f"cannot be listed: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath, name)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
+    try:
+        # utf-8-sig: strict UTF-8 that also accepts the BOM some editors write.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1]
+        raise _Problem(
+            f"is not valid UTF-8 (byte {bad!r} at offset {exc.start}); re-save it as UTF-8"
+        ) from exc
+    # One newline convention, so a checkout with CRLF does not change every hash.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
+    text = _read_text(path)
+    fields: dict[str, Any] = {}
+    if fmt == "markdown":
+        fields, text = _split_front_matter(text)
+        title = _markdown_title(text)
+    elif fmt == "html":
+        fields, title = _html_fields(text)
+    else:
+        title = None
+    title = _str_field(fields.pop("title", None)) or title or path.stem
+    default_category = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_CATEGORY
+    category = _str_field(fields.pop("category", None)) or default_category
+    updated = fields.pop("updated", None)
+    if updated is None:
+        modified_at = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    else:
+        try:
+            modified_at = as_utc_datetime(updated)
+        except ValueError as exc:
+            raise _Problem(
+                f"has an 'updated' value {updated!r} that is not a date; "
+                "expected YYYY-MM-DD or an ISO 8601 datetime"
+            ) from exc
+    return Document(
+        doc_id=str(rel.with_suffix("")),
+        uri=path.resolve().as_uri(),
+        title=title,
+        category=category,
+        content=text,
+        format=fmt,
+        content_hash=document_content_hash(title, category, text),
+        modified_at=modified_at,
+        metadata=json_safe(fields),
+    )
+
+
+def _str_field(value: object) -> str | None:
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """Return (front-matter mapping, body) for Markdown that may start with YAML."""
+    lines = text.split("\n")
+    if lines[0].rstrip() != _FRONT_MATTER_FENCE:
+        return {}, text
+    for index in range(1, len(lines)):
+        if lines[index].rstrip() in _FRONT_MATTER_CLOSERS:
+            break
+    else:
+        raise _Problem("has front matter opened with '---' but never closed with '---'")
+    try:
+        data = yaml.safe_load("\n".join(lines[1:index]))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        # +2: the mark is 0-based and counts from after the opening '---' line.
+        where = f" at line {mark.line + 2}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise _Problem(f"has broken front matter: {problem}{where}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _Problem(
+            f"has front matter that is a {type(data).__name__}, expected key: value pairs"
+        )
+    body = "\n".join(lines[index + 1 :]).lstrip("\n")
+    return {str(key): value for key, value in data.items()}, body
+
+
+def _markdown_title(text: str) -> str | None:
+    """Return the text of the first level-1 heading, or None."""
+    # Parsing only up to the first "# " line is enough unless that line sits in a code
+    # block; block structure depends only on what precedes a line.
+    candidate = _ATX_H1.search(text)
+    if candidate is not None:
+        title = _first_h1(text[: candidate.end()])
+        if title is not None:
+            return title
+    return _first_h1(text)
+
+
+def _first_h1(text: str) -> str | None:
+    tokens = _markdown().parse(text)
+    for index, token in enumerate(tokens):
+        if token.type == "heading_open" and token.tag == "h1":
+            return tokens[index + 1].content.strip() or None
+    return None
+
+
+def _html_fields(text: str) -> tuple[dict[str, Any], str | None]:
+    """Return (meta fields, title) from an HTML page's head and first ``h1``."""
+    # Building only these tags is several times faster than the whole tree.
+    soup = BeautifulSoup(text, "html.parser", parse_only=SoupStrainer(["title", "meta", "h1"]))
+    fields: dict[str, Any] = {}
+    for meta in soup.find_all("meta"):
+        name = meta.get("name")
+        content = meta.get("content")
+        if isinstance(name, str) and isinstance(content, str):
+            key = name.strip().lower()
+            if key not in _HTML_META_IGNORED:
+                fields.setdefault(key, content.strip())
+    title = None
+    for tag_name in ("title", "h1"):
+        tag = soup.find(tag_name)
+        if isinstance(tag, Tag):
+            title = " ".join(tag.get_text(" ").split()) or None
+            if title:
+                break
+    return fields, title
