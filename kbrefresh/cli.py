@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,6 +19,9 @@ from kbrefresh import routing, store
 from kbrefresh.build import BuildPlan
 from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
+from kbrefresh.evaluation import load_golden, run_gate
+from kbrefresh.gate import Verdict
+from kbrefresh.policy import load_policy
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.quality import QualityPolicy
 from kbrefresh.refresh import RefreshReport, refresh
@@ -44,7 +48,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except KBRefreshError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
 
 
@@ -76,7 +80,9 @@ def _run_refresh(settings: Settings, kb: str, source: str, **kwargs: Any) -> Ref
 
 
 def _print_report(report: RefreshReport) -> None:
-    table = Table(title=f"refresh of {report.kb!r} → version {report.version} ({report.dataset_tag})")
+    if report.verdict is not None:
+        _print_verdict(report.verdict, report.golden)
+    table = Table(title=escape(f"refresh of {report.kb!r} → version {report.version} ({report.dataset_tag})"))
     table.add_column("what")
     table.add_column("count", justify="right")
     rows = [
@@ -90,19 +96,34 @@ def _print_report(report: RefreshReport) -> None:
         table.add_row(name, str(value))
     console.print(table)
     was = f" (was v{report.from_version})" if report.from_version else ""
-    console.print(f"live version of {report.kb!r}: [bold]v{report.live_version}[/]{was}"
+    console.print(f"live version of {escape(repr(report.kb))}: [bold]v{report.live_version}[/]{was}"
                   + (f"; archived {report.archived}" if report.archived else ""))
+
+
+def _print_verdict(verdict: Verdict, golden: str) -> None:
+    table = Table(title=escape(f"validation gate: {'PASSED' if verdict.passed else 'FAILED'} ({golden})"))
+    for col in ("rule", "value", "live", "threshold", "result"):
+        table.add_column(col, overflow="fold")
+    for rule in verdict.rules:
+        table.add_row(escape(rule.name), _num(rule.value), _num(rule.baseline), _num(rule.threshold),
+                      "[green]pass[/]" if rule.passed else "[bold red]FAIL[/]")
+    console.print(table)
+    console.print(escape(verdict.summary), highlight=False)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _print_hits(settings: Settings, kb: str, text: str, k: int) -> None:
     hits = search_live(settings, kb, text, k=k)
-    table = Table(title=f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}")
+    table = Table(title=escape(f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}"))
     for col in ("#", "similarity", "document", "section", "text"):
         table.add_column(col, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
-        snippet = " ".join(hit.content.split())[:160]
-        table.add_row(str(rank), f"{hit.similarity:.3f}", hit.doc_id,
-                      str(hit.metadata.get("section", "")), snippet)
+        snippet = " ".join(hit.content.split())[:100]
+        table.add_row(str(rank), f"{hit.similarity:.3f}", escape(hit.doc_id),
+                      escape(str(hit.metadata.get("section", ""))), escape(snippet))
     console.print(table)
 
 
@@ -112,17 +133,19 @@ def refresh_kb(
     source: Annotated[str, typer.Option(help="Directory, .csv/.parquet file, or SQLAlchemy URL.")],
     query: Annotated[str | None, typer.Option(help="SQL query when --source is a URL.")] = None,
     max_shrink: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
-    max_age_days: Annotated[float | None, typer.Option(min=0.0)] = 365.0,
+    max_age_days: Annotated[float | None, typer.Option(min=0.001)] = 365.0,
     max_chars: Annotated[int, typer.Option(min=100, max=20000)] = 1200,
     overlap_chars: Annotated[int, typer.Option(min=0, max=5000)] = 150,
     keep: Annotated[int | None, typer.Option(help="Versions to keep (live included).")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running refresh.")] = 0.0,
+    policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
 ) -> None:
     """Refresh a knowledge base from a source: embed what changed, validate, swap live."""
     settings = _settings()
     with _errors():
         report = _run_refresh(
             settings, kb, source, query=query, keep_versions=keep, lock_wait_seconds=wait,
+            policy=load_policy(policy) if policy else None,
             chunker=ChunkerConfig(max_chars=max_chars, overlap_chars=overlap_chars),
             quality=QualityPolicy(max_shrink=max_shrink, max_age_days=max_age_days),
         )
@@ -138,11 +161,15 @@ def demo(
     """Run the monthly-refresh scenario on the bundled help center, on embedded defaults."""
     settings = _settings()
     work = settings.data_dir / "demo" / "helpcenter"
-    console.print(f"database: {describe_database(settings)}")
+    console.print(escape(f"database: {describe_database(settings)}"))
     with _errors():
         _copy_tree(SAMPLES / "base", work)
         console.rule("month 1: build from the bundled help center")
         _print_report(_run_refresh(settings, kb, str(work), reason="demo: first build"))
+        for name in ("smoke", "technical", "general"):
+            loaded = load_golden(settings, kb, SAMPLES / "golden" / f"{name}.jsonl")
+            console.print(f"golden set {name!r}: {loaded.loaded} queries loaded"
+                          + (f", unknown doc ids {sorted(loaded.unknown_ids)}" if loaded.unknown_ids else ""))
         changes = _apply_change_set(SAMPLES / "next_month", work)
         console.rule(f"month 2: {changes}")
         _print_report(_run_refresh(settings, kb, str(work), reason="demo: monthly refresh"))
@@ -174,13 +201,65 @@ def _apply_change_set(change_set: Path, work: Path) -> str:
     return f"{counts['changed']} changed, {counts['new']} new, {len(deleted)} deleted documents"
 
 
+golden_app = typer.Typer(help="Golden query sets used by the validation gate.", no_args_is_help=True)
+app.add_typer(golden_app, name="golden")
+
+
+@golden_app.command("load")
+def golden_load(
+    kb: KbOpt,
+    files: Annotated[list[Path], typer.Argument(help="JSONL, CSV or YAML files.")],
+) -> None:
+    """Store golden queries for a KB (each file replaces the sets it names)."""
+    settings = _settings()
+    with _errors():
+        for path in files:
+            report = load_golden(settings, kb, path)
+            console.print(escape(f"{path}: {report.loaded} queries in sets {report.sets}"))
+            for doc_id, rows in sorted(report.unknown_ids.items()):
+                err.print("[yellow]warning:[/] " + escape(f"doc id {doc_id!r} (queries {rows}) is not in {kb!r}"))
+
+
+@app.command(name="eval")
+def eval_cmd(
+    kb: KbOpt,
+    version: Annotated[int | None, typer.Option(help="Version to judge (default: live).")] = None,
+    against: Annotated[str, typer.Option(help="'live', 'none' or a version number.")] = "live",
+    policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
+    golden_set: Annotated[list[str] | None, typer.Option("--set", help="Golden set(s) to use.")] = None,
+) -> None:
+    """Evaluate a version against live (or another version) and print the gate's verdict."""
+    settings = _settings()
+    with _errors():
+        target = version
+        if target is None:
+            with connect(settings) as conn:
+                target = routing.live_version(conn, store.get_kb_id(conn, kb))
+            if target is None:
+                raise ConfigError(f"{kb!r} has no live version; pass --version")
+        baseline: int | str | None = _against(against)
+        outcome = run_gate(settings, kb, target, against=baseline, sets=golden_set,
+                           policy=load_policy(policy) if policy else None)
+    _print_verdict(outcome.verdict, outcome.evaluation.golden)
+    if not outcome.verdict.passed:
+        raise typer.Exit(1)
+
+
+def _against(value: str) -> int | str | None:
+    if value in ("live", "none"):
+        return None if value == "none" else "live"
+    if value.isdigit():
+        return int(value)
+    raise ConfigError(f"--against {value!r} is not 'live', 'none' or a version number")
+
+
 @app.command()
 def status() -> None:
     """Show every knowledge base, its live version and counts."""
     settings = _settings()
     with _errors():
         rows = kb_overview(settings)
-    console.print(f"database: {describe_database(settings)}")
+    console.print(escape(f"database: {describe_database(settings)}"))
     table = Table()
     for col in ("kb", "live", "dataset", "chunks", "documents", "live since", "versions"):
         table.add_column(col)
@@ -219,16 +298,16 @@ def versions(kb: KbOpt) -> None:
     settings = _settings()
     with _errors(), connect(settings) as conn:
         rows = store.list_versions(conn, store.get_kb_id(conn, kb))
-    table = Table(title=f"versions of {kb!r}")
+    table = Table(title=escape(f"versions of {kb!r}"))
     for col in ("version", "status", "dataset", "embedder", "chunks", "embedded", "reused",
                 "removed", "created", "note"):
         table.add_column(col, overflow="fold")
     for r in rows:
         c, fp = r["counts"] or {}, r["fingerprint"]
         table.add_row(str(r["version"]), r["status"], r["dataset_tag"],
-                      f"{fp['provider']}/{fp['model']} ({fp['dims']})", *(
+                      f"{fp['provider']}:{fp['dims']}", *(
                           str(c.get(key, "-")) for key in ("chunks", "embedded", "reused", "removed")),
-                      f"{r['created_at']:%Y-%m-%d %H:%M}", (r["error"] or "")[:120])
+                      f"{r['created_at']:%Y-%m-%d %H:%M}", escape((r["error"] or "")[:120]))
     console.print(table)
 
 
@@ -238,7 +317,7 @@ def history(kb: KbOpt, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     settings = _settings()
     with _errors(), connect(settings) as conn:
         rows = routing.history(conn, store.get_kb_id(conn, kb), limit)
-    table = Table(title=f"routing history of {kb!r}")
+    table = Table(title=escape(f"routing history of {kb!r}"))
     for col in ("when", "action", "from", "to", "reason", "by", "flow run"):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -257,7 +336,7 @@ def rollback_cmd(
     settings = _settings()
     with _errors(), connect(settings, autocommit=True) as conn:
         change = routing.rollback(conn, store.get_kb_id(conn, kb), kb, to_version=to, reason=reason)
-    console.print(f"{kb!r}: live version {change.from_version} → [bold]{change.to_version}[/]")
+    console.print(f"{escape(repr(kb))}: live version {change.from_version} → [bold]{change.to_version}[/]")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from kbrefresh import pipeline
 from kbrefresh.build import BuildPlan, ProgressFn
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
+from kbrefresh.gate import Verdict
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.quality import QualityPolicy
@@ -42,6 +43,8 @@ class RefreshReport:
     from_version: int | None
     live_version: int
     archived: list[int]
+    verdict: Verdict | None = None
+    golden: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -117,11 +120,10 @@ def refresh(
             pipeline.fail_build(settings, ticket, exc)
             raise
         if gate is None or not gate.verdict.passed:
-            why = gate.verdict.summary if gate else f"smoke checks failed: {'; '.join(smoke.failures)}"
-            serving = (f"live version {ticket.live_version} keeps serving" if ticket.live_version
-                       else "no version is live yet")
+            why = gate.verdict.summary if gate else (
+                f"smoke checks failed: {'; '.join(smoke.failures)}; nothing was published.")
             raise GateFailed(
-                f"version {ticket.version} of {kb!r} was rejected: {why.rstrip('.')}; {serving}",
+                f"version {ticket.version} of {kb!r} was rejected. {why}",
                 verdict=gate.as_dict() if gate else smoke.as_dict(),
             )
         published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
@@ -134,5 +136,6 @@ def refresh(
         texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
         full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
         from_version=published.from_version, live_version=published.to_version,
-        archived=published.archived, seconds=seconds,
+        archived=published.archived, verdict=gate.verdict, golden=gate.evaluation.golden,
+        seconds=seconds,
     )
