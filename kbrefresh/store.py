@@ -118,6 +118,12 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
             " CHECK (valid_to IS NULL OR valid_to >= valid_from))"
         ).format(sql.Identifier(table.table), sql.Literal(table.dims))
     )
+    conn.execute(
+        sql.SQL(
+            "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'kbrefresh_reader') THEN"
+            " GRANT SELECT ON {} TO kbrefresh_reader; END IF; END $$"
+        ).format(sql.Identifier(table.table))
+    )
     for suffix, cols in (("hash", ["content_hash"]), ("doc", ["doc_id", "chunk_index"])):
         conn.execute(
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(

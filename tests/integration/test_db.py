@@ -63,9 +63,10 @@ def test_a_badly_named_migration_is_refused(tmp_path: Path) -> None:
 
 def test_a_failing_migration_applies_nothing(database_url: str, tmp_path: Path) -> None:
     migrations = copy_migrations(tmp_path)
-    (migrations / "0002_break_things.sql").write_text("CREATE TABLE ok_table (x int); SELEC 1;", "utf-8")
+    name = f"{len(list(migrations.glob('*.sql'))) + 1:04d}_break_things.sql"
+    (migrations / name).write_text("CREATE TABLE ok_table (x int); SELEC 1;", "utf-8")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match="migration '0002_break_things.sql' failed"):
+        with pytest.raises(MigrationError, match=f"migration '{name}' failed"):
             apply_migrations(conn, migrations)
         exists = conn.execute("SELECT to_regclass('kb') IS NOT NULL, to_regclass('ok_table') IS NOT NULL")
         assert exists.fetchone() == (False, False)
