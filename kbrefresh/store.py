@@ -219,7 +219,7 @@ def set_status(conn: Conn, kb_id: int, version: int, status: str, **fields: Any)
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"unknown version fields {sorted(unknown)!r}")
-    assignments = [sql.SQL("status = %(status)s")]
+    assignments: list[sql.Composable] = [sql.SQL("status = %(status)s")]
     params: dict[str, Any] = {"status": status, "kb_id": kb_id, "version": version}
     for name, value in fields.items():
         if name in {"counts", "quality", "smoke", "verdict"} and value is not None:

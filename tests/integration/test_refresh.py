@@ -22,7 +22,7 @@ from kbrefresh.refresh import refresh
 from kbrefresh.retrieval import search_live
 from kbrefresh.settings import Settings
 from kbrefresh.sources import load_source
-from tests.support.corpus import markdown_doc, paragraph, write_corpus
+from tests.support.corpus import markdown_doc, write_corpus
 
 pytestmark = pytest.mark.integration
 

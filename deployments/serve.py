@@ -1,0 +1,97 @@
+"""Serve both flows from this process: ``python -m deployments.serve``.
+
+Works against whatever Prefect API is configured (``PREFECT_API_URL``: a local
+``prefect server start`` or Prefect Cloud). No work pool or worker is needed: this
+process polls for scheduled and triggered runs and executes them itself.
+
+``scheduled-refresh`` runs monthly (``0 0 1 * *`` UTC) with ``kb`` from
+``KBREFRESH_SERVE_KB`` (default ``helpcenter``) and ``source`` from
+``KBREFRESH_SERVE_SOURCE`` (default: the bundled sample help center), and on every
+``kbrefresh.retrain.requested`` event. ``rollback-kb`` has no schedule: run it from
+the UI or ``prefect deployment run 'rollback-kb/rollback-kb'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import cast
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.events.schemas.automations import Posture
+from prefect.logging import get_logger
+from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL
+
+import kbrefresh
+from flows import RefreshParameters, rollback_kb, scheduled_refresh
+
+MONTHLY_CRON = "0 0 1 * *"
+RETRAIN_EVENT = "kbrefresh.retrain.requested"
+KB_RESOURCE_PREFIX = "kbrefresh.kb."
+SAMPLE_SOURCE = Path(kbrefresh.__file__).resolve().parent / "samples" / "helpcenter" / "base"
+
+logger = get_logger("kbrefresh.serve")
+
+
+def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
+    """Run scheduled-refresh on ``kbrefresh.retrain.requested`` about ``kbrefresh.kb.<name>``.
+
+    The event's payload may carry ``kb``, ``source`` and ``reason``; ``kb`` falls back
+    to the name in the resource id and ``source`` to ``default_source``. Keep in step
+    with the trigger in ``prefect.yaml``.
+    """
+    name_start = len(KB_RESOURCE_PREFIX)
+    return DeploymentEventTrigger(
+        name="scheduled-refresh on retrain requested",
+        description="A retrain was requested for a knowledge base (drift, feedback, rebrand).",
+        enabled=True,
+        match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
+        expect={RETRAIN_EVENT},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        parameters={"params": {
+            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
+            "source": f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}",
+            "reason": '{{ event.payload.reason | default("retrain requested") }}',
+        }},
+    )
+
+
+def build_deployments() -> list[RunnerDeployment]:
+    """Return the two served deployments; invalid defaults fail here, before serving."""
+    defaults = RefreshParameters(
+        kb=os.environ.get("KBREFRESH_SERVE_KB", "helpcenter"),
+        source=os.environ.get("KBREFRESH_SERVE_SOURCE", str(SAMPLE_SOURCE)),
+    )
+    # Called outside an event loop, async_dispatch returns the deployment itself.
+    refresh = cast(RunnerDeployment, scheduled_refresh.to_deployment(
+        name="scheduled-refresh",
+        schedules=[Cron(MONTHLY_CRON, timezone="UTC")],
+        parameters={"params": {"kb": defaults.kb, "source": defaults.source}},
+        triggers=[retrain_trigger(defaults.source)],
+        tags=["kbrefresh"],
+    ))
+    rollback = cast(
+        RunnerDeployment, rollback_kb.to_deployment(name="rollback-kb", tags=["kbrefresh"])
+    )
+    return [refresh, rollback]
+
+
+def main() -> None:
+    """Serve both deployments until interrupted (schedules are paused on shutdown)."""
+    deployments = build_deployments()
+    logger.info(
+        "serving %s against %s; scheduled-refresh runs %r UTC and on %r events",
+        ", ".join(repr(d.name) for d in deployments), PREFECT_API_URL.value() or "an ephemeral API",
+        MONTHLY_CRON, RETRAIN_EVENT,
+    )
+    serve(*deployments, print_starting_message=False)
+
+
+if __name__ == "__main__":
+    main()

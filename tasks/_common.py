@@ -1,0 +1,131 @@
+"""What every task shares: which errors are worth a retry, artifact keys, a stopwatch."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+import psycopg
+from prefect import Task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+
+from kbrefresh.errors import (
+    BuildLockedError,
+    ConfigError,
+    DatabaseError,
+    DataQualityError,
+    GateFailed,
+    MigrationError,
+    SourceError,
+    VersionError,
+)
+
+# Errors that a second attempt cannot fix: bad data, bad config, a failed gate,
+# a held lock, a version in the wrong state.
+_PERMANENT = (
+    DataQualityError,
+    GateFailed,
+    ConfigError,
+    BuildLockedError,
+    VersionError,
+    SourceError,
+    MigrationError,
+)
+_ARTIFACT_SLUG_CHARS = 40
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return whether ``exc`` is worth retrying: a dropped connection, 429, 5xx or a timeout.
+
+    kbrefresh wraps driver and client errors (``raise ... from exc``), so the cause
+    chain is walked: a ``DatabaseError`` caused by a psycopg ``OperationalError`` is
+    transient, one caused by a missing pgvector extension is not; an
+    ``EmbeddingError`` caused by an OpenAI timeout, connection error, 429 or 5xx is
+    transient, one caused by wrong dimensions or a 401 is not.
+    """
+    if isinstance(exc, _PERMANENT):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.OperationalError | TimeoutError | ConnectionError):
+            return True
+        if isinstance(current, openai.APITimeoutError | openai.APIConnectionError):
+            return True
+        if isinstance(current, openai.APIStatusError):
+            return current.status_code == 429 or current.status_code >= 500
+        current = current.__cause__
+    return False
+
+
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """``retry_condition_fn`` for every kbrefresh task: retry transient errors only."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+def retry_unconnected(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """``retry_condition_fn`` for routing changes: retry only when no connection was opened.
+
+    A swap or rollback that lost its connection may already have committed; running
+    it again could move traffic twice, so only "could not connect" is retried.
+    """
+    error = state.result(raise_on_failure=False)
+    cause = error.__cause__ if isinstance(error, DatabaseError) else None
+    return isinstance(cause, psycopg.OperationalError) and not isinstance(
+        cause, psycopg.errors.LockNotAvailable
+    )
+
+
+# Side-effecting database tasks must never be served from a cache.
+TASK_OPTIONS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 5, 15],
+    "retry_condition_fn": retry_transient,
+    "cache_policy": NO_CACHE,
+}
+ROUTING_TASK_OPTIONS: dict[str, Any] = TASK_OPTIONS | {"retry_condition_fn": retry_unconnected}
+
+
+def artifact_key(kind: str, kb: str) -> str:
+    """Return an artifact key for ``kb``: lowercase letters, digits and dashes only.
+
+    A name that is not already a clean slug gets a short hash of the original,
+    so two hostile names that slugify alike still get different keys.
+    """
+    ascii_name = unicodedata.normalize("NFKD", kb).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    slug = slug[:_ARTIFACT_SLUG_CHARS].strip("-")
+    if slug != kb:
+        digest = hashlib.sha256(kb.encode("utf-8")).hexdigest()[:8]
+        slug = f"{slug}-{digest}" if slug else digest
+    return f"kbrefresh-{kind}-{slug}"
+
+
+def escape_markdown(text: object) -> str:
+    """Return ``text`` safe to place in a markdown paragraph or table cell."""
+    escaped = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
+    return escaped.replace("\r", " ").replace("\n", " ")
+
+
+class Stopwatch:
+    """Time named steps of a flow: ``with clock("embed"): ...``; read ``clock.seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = round(time.perf_counter() - started, 3)

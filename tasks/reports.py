@@ -1,0 +1,97 @@
+"""Tasks that tell operators what a run did, as Prefect markdown artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from kbrefresh.build import BuildPlan, EmbedStats
+from kbrefresh.pipeline import BuildTicket, PrepareResult, PublishResult
+from kbrefresh.refresh import RefreshReport
+from kbrefresh.routing import RouteChange
+from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
+
+
+@task(**TASK_OPTIONS)
+def report_refresh(
+    ticket: BuildTicket,
+    prepared: PrepareResult,
+    plan: BuildPlan,
+    stats: EmbedStats,
+    reuse: tuple[int, int],
+    published: PublishResult,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """Publish the summary as the artifact ``kbrefresh-refresh-<kb>``; return it as a dict."""
+    closed, copied = reuse
+    report = RefreshReport(
+        kb=ticket.kb, version=ticket.version, dataset_tag=prepared.dataset_tag,
+        resumed=ticket.resumed, documents=prepared.documents, chunks=prepared.chunks,
+        documents_new=prepared.changes.new, documents_changed=prepared.changes.changed,
+        documents_deleted=prepared.changes.deleted, chunks_embedded=stats.rows,
+        texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
+        full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
+        from_version=published.from_version, live_version=published.to_version,
+        archived=published.archived, seconds=seconds,
+    )
+    create_markdown_artifact(
+        refresh_markdown(report),
+        key=artifact_key("refresh", ticket.kb),
+        description=report.summary(),
+    )
+    get_run_logger().info("%s", report.summary())
+    return asdict(report)
+
+
+def refresh_markdown(report: RefreshReport) -> str:
+    """Render a refresh report for operators: what changed, what it cost, what serves now."""
+    previous = f"v{report.from_version}" if report.from_version else "none"
+    build = "full (first build or new fingerprint)" if report.full_build else "incremental"
+    rows = [
+        ("Version", f"v{report.version}{' (resumed)' if report.resumed else ''}"),
+        ("Dataset tag", escape_markdown(report.dataset_tag)),
+        ("Live", f"{previous} → v{report.live_version}"),
+        ("Documents", (f"{report.documents} total: {report.documents_new} new, "
+                       f"{report.documents_changed} changed, {report.documents_deleted} deleted")),
+        ("Chunks", (f"{report.chunks} total: {report.chunks_embedded} embedded, "
+                    f"{report.chunks_reused} reused, {report.chunks_removed} removed")),
+        ("Texts embedded", str(report.texts_embedded)),
+        ("Estimated tokens", f"{report.estimated_tokens:,}"),
+        ("Build", build),
+        ("Archived versions", ", ".join(f"v{v}" for v in report.archived) or "none"),
+    ]
+    timings = [(step, f"{value:.2f}") for step, value in report.seconds.items()]
+    timings.append(("total", f"{sum(report.seconds.values()):.2f}"))
+    return (
+        f"# {escape_markdown(repr(report.kb))}: v{report.live_version} is live\n\n"
+        + _table(("", ""), rows)
+        + "\n## Timings (seconds)\n\n"
+        + _table(("step", "seconds"), timings)
+    )
+
+
+@task(**TASK_OPTIONS)
+def report_rollback(kb: str, change: RouteChange, reason: str) -> dict[str, Any]:
+    """Publish the rollback as the artifact ``kbrefresh-rollback-<kb>``; return it as a dict."""
+    summary = f"{kb!r}: live v{change.from_version} -> v{change.to_version} ({reason})"
+    create_markdown_artifact(
+        f"# {escape_markdown(repr(kb))} rolled back to v{change.to_version}\n\n"
+        + _table(("", ""), [
+            ("Live", f"v{change.from_version} → v{change.to_version}"),
+            ("Rolled back", f"v{change.from_version}"),
+            ("Reason", escape_markdown(reason)),
+        ]),
+        key=artifact_key("rollback", kb),
+        description=summary,
+    )
+    return {"kb": kb, "from_version": change.from_version, "to_version": change.to_version,
+            "reason": reason}
+
+
+def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
