@@ -411,18 +411,17 @@ def load_rows(
     vectors: dict[str, np.ndarray[Any, Any]],
 ) -> None:
     """Write chunk rows with their vectors by binary COPY and commit."""
-    with writer.cursor() as cur:
-        with cur.copy(
-            sql.SQL(
-                "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
-                "valid_from) FROM STDIN WITH (FORMAT BINARY)"
-            ).format(sql.Identifier(table))
-        ) as copy:
-            copy.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
-            for r in rows:
-                copy.write_row(
-                    (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
-                     _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
-                )
+    with writer.cursor() as cur, cur.copy(
+        sql.SQL(
+            "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
+            "valid_from) FROM STDIN WITH (FORMAT BINARY)"
+        ).format(sql.Identifier(table))
+    ) as copy:
+        copy.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
+        for r in rows:
+            copy.write_row(
+                (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
+                 _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
+            )
     writer.commit()
 

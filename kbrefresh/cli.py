@@ -21,8 +21,8 @@ from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
 from kbrefresh.evaluation import load_golden, run_gate
 from kbrefresh.gate import Verdict
-from kbrefresh.policy import load_policy
 from kbrefresh.models import ChunkerConfig
+from kbrefresh.policy import load_policy
 from kbrefresh.quality import QualityPolicy
 from kbrefresh.refresh import RefreshReport, refresh
 from kbrefresh.retrieval import kb_overview, search_live

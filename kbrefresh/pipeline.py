@@ -23,8 +23,8 @@ from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import BuildLockedError, DataQualityError
 from kbrefresh.evaluation import GateOutcome, run_gate
-from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.models import ChunkerConfig, Fingerprint
+from kbrefresh.policy import AcceptancePolicy
 from kbrefresh.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.settings import Settings
 from kbrefresh.smoke import SmokeResult, smoke_check

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from kbrefresh import pipeline
 from kbrefresh.build import BuildPlan, ProgressFn

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from kbrefresh.embedders.base import Embedder
 from kbrefresh.search import search_version
-from kbrefresh.store import Conn, FingerprintTable, in_version, version_stats
+from kbrefresh.store import Conn, FingerprintTable, version_stats
 
 
 @dataclass(frozen=True)

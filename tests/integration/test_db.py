@@ -75,9 +75,8 @@ def test_a_failing_migration_applies_nothing(database_url: str, tmp_path: Path) 
 def test_unreachable_database_error_hides_the_password(tmp_path: Path) -> None:
     url = "postgresql://kb:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
     settings = Settings(database_url=url, data_dir=tmp_path)
-    with pytest.raises(DatabaseError) as exc:
-        with connect(settings):
-            pass
+    with pytest.raises(DatabaseError) as exc, connect(settings):
+        pass
     assert "s3cret-pw" not in str(exc.value) and "s3cret-pw" not in repr(exc.value)
     assert str(exc.value).startswith("cannot connect to postgresql://kb:***@127.0.0.1:1/nowhere")
 
