@@ -43,8 +43,11 @@ def search_version(
         " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
     )
     with conn.transaction():
-        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, 2 * k)),))
+        conn.execute(
+            "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
+            " set_config('hnsw.ef_search', %s, true)",
+            (str(max(40, 2 * k)),),
+        )
         rows = conn.execute(
             query, {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
         ).fetchall()
