@@ -118,6 +118,12 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
             " CHECK (valid_to IS NULL OR valid_to >= valid_from))"
         ).format(sql.Identifier(table.table), sql.Literal(table.dims))
     )
+    # Vectors do not compress: skip pglz on write and on every detoast at query time.
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE EXTERNAL").format(
+            sql.Identifier(table.table)
+        )
+    )
     conn.execute(
         sql.SQL(
             "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'kbrefresh_reader') THEN"
