@@ -23,8 +23,18 @@ __all__ = [
     "EmbeddingError",
     "GateFailed",
     "KBRefreshError",
+    "Retriever",
     "Settings",
     "SourceError",
     "VersionError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The Retriever pulls in numpy, psycopg and the embedders: import it on first use.
+    if name == "Retriever":
+        from kbrefresh.retriever import Retriever
+
+        return Retriever
+    raise AttributeError(f"module 'kbrefresh' has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from kbrefresh.embedders.base import Embedder
 from kbrefresh.embedders.offline import OfflineEmbedder
-from kbrefresh.embedders.openai import OpenAIEmbedder, estimate_tokens
 from kbrefresh.settings import Settings
 
 __all__ = ["Embedder", "OfflineEmbedder", "OpenAIEmbedder", "estimate_tokens", "make_embedder"]
@@ -18,6 +17,8 @@ def make_embedder(settings: Settings) -> Embedder:
     """
     if settings.embedder == "offline":
         return OfflineEmbedder(dims=settings.embedding_dims or 1536)
+    from kbrefresh.embedders.openai import OpenAIEmbedder
+
     return OpenAIEmbedder(
         model=settings.embedding_model,
         dims=settings.embedding_dims,
@@ -28,3 +29,12 @@ def make_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size,
         batch_max_chars=settings.embed_batch_max_chars,
     )
+
+
+def __getattr__(name: str) -> object:
+    # Importing openai costs ~0.5 s: only when the OpenAI embedder is asked for.
+    if name in ("OpenAIEmbedder", "estimate_tokens"):
+        from kbrefresh.embedders import openai as _openai
+
+        return getattr(_openai, name)
+    raise AttributeError(f"module 'kbrefresh.embedders' has no attribute {name!r}")

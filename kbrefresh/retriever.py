@@ -1,0 +1,506 @@
+"""The client a chatbot imports: route each query to the live or canary version, log it.
+
+``Retriever`` needs only SELECT on the catalog and chunk tables (``kbrefresh_reader``)
+and INSERT on ``query_log`` / ``feedback`` (``kbrefresh_logger``): it never migrates
+or runs DDL. The routing row is cached for a few seconds, each version's table and
+embedder for good (they never change). Log rows go through a bounded queue to a
+daemon thread that COPYs them in batches, so logging can drop rows but can never
+fail or slow a search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from kbrefresh import store
+from kbrefresh.db import database_url as default_database_url
+from kbrefresh.db import redact_url
+from kbrefresh.embedders import Embedder
+from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
+from kbrefresh.evaluation import embedder_for
+from kbrefresh.retrieval import check_embedder_matches
+from kbrefresh.search import Hit, search_version
+from kbrefresh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SKETCH_DIMS = 64
+# Fixed so that sketches logged by any process, today or next year, are comparable.
+_SKETCH_SEED = 0x6B62_5345
+_CANARY_BUCKETS = 10_000
+_MAX_K = 1000
+_MAX_TTL_SECONDS = 3600.0
+_MAX_IDLE_CONNECTIONS = 8
+_MAX_CACHED_VERSIONS = 32
+_MAX_LOGGED_QUERY_CHARS = 10_000  # one pasted log file must not bloat query_log
+
+_QUERY_COPY = (
+    "COPY query_log (query_id, kb_id, ts, session_hash, query, version, latency_ms,"
+    " top_doc_ids, top_similarity, query_sketch) FROM STDIN (FORMAT BINARY)"
+)
+_QUERY_TYPES = ["uuid", "int4", "timestamptz", "text", "text", "int4", "float4", "text[]",
+                "float4", "float4[]"]
+_FEEDBACK_COPY = (
+    "COPY feedback (query_id, kb_id, ts, rating, thumbs) FROM STDIN (FORMAT BINARY)"
+)
+_FEEDBACK_TYPES = ["uuid", "int4", "timestamptz", "int2", "bool"]
+
+Conn = psycopg.Connection[dict[str, Any]]
+_Row = tuple[Literal["query", "feedback"], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The hits of one query, the version that served them and the id to give feedback on."""
+
+    query_id: str
+    version: int
+    hits: tuple[Hit, ...]
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class _Routing:
+    live: int | None
+    canary: int | None
+    canary_buckets: int  # sessions whose bucket is below this go to the canary
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class _Served:
+    table: str
+    embedder: Embedder
+
+
+@dataclass(frozen=True)
+class _Marker:
+    done: threading.Event
+    stop: bool = False
+
+
+def session_hash(kb: str, session_id: str) -> str:
+    """Return the hex sha256 of a per-KB constant and ``session_id`` (never store it raw)."""
+    return hashlib.sha256(f"kbrefresh-session\x00{kb}\x00{session_id}".encode()).hexdigest()
+
+
+def canary_bucket(hashed_session: str) -> int:
+    """Return the session's stable bucket in ``[0, 10000)``."""
+    return int(hashed_session[:16], 16) % _CANARY_BUCKETS
+
+
+@lru_cache(maxsize=8)
+def _projection(dims: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(_SKETCH_SEED)
+    matrix = rng.standard_normal((dims, SKETCH_DIMS))
+    matrix /= np.linalg.norm(matrix, axis=0, keepdims=True)
+    out = matrix.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def query_sketch(vector: npt.NDArray[np.float32]) -> list[float]:
+    """Project a query embedding onto 64 fixed random directions, L2-normalised."""
+    sketch = np.asarray(vector, dtype=np.float32) @ _projection(int(vector.shape[0]))
+    norm = float(np.linalg.norm(sketch))
+    return (sketch / norm if norm > 0 else sketch).tolist()  # type: ignore[no-any-return]
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """Return the first line of ``exc`` with the URL and its password masked."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = text.replace(url, redact_url(url))
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def _connect(url: str, *, vectors: bool) -> Conn:
+    try:
+        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {redact_url(url)}: {_reason(exc, url)}") from exc
+    if vectors:
+        try:
+            register_vector(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise DatabaseError(
+                f"the pgvector extension is not installed in {redact_url(url)}; "
+                "run a refresh first (it applies the migrations)"
+            ) from exc
+    return conn
+
+
+class _Pool:
+    """Idle autocommit connections reused across searches; a broken one is dropped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._idle: list[Conn] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[Conn]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = _connect(self.url, vectors=True)
+        try:
+            yield conn
+        finally:
+            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with self._lock:
+                keep = idle and not self._closed and len(self._idle) < _MAX_IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _LogWriter:
+    """A daemon thread that COPYs queued log rows in batches on its own connection."""
+
+    def __init__(self, url: str, batch_size: int, flush_seconds: float) -> None:
+        self._url = url
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._queue: queue.Queue[_Row | _Marker] = queue.Queue(max(10_000, 2 * batch_size))
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self.counts = {"logged": 0, "log_errors": 0, "dropped": 0}
+        self._thread = threading.Thread(target=self._run, name="kbrefresh-query-log", daemon=True)
+        self._thread.start()
+
+    def put(self, row: _Row) -> None:
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self._count("dropped", 1)
+
+    def flush(self, timeout: float, *, stop: bool = False) -> bool:
+        marker = _Marker(threading.Event(), stop=stop)
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return self._thread.is_alive() and marker.done.wait(timeout)
+
+    def _count(self, name: str, n: int) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def _run(self) -> None:
+        batch: list[_Row] = []
+        deadline = math.inf
+        while True:
+            wait = max(0.0, deadline - time.monotonic()) if batch else None
+            try:
+                item: _Row | _Marker | None = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if isinstance(item, tuple):
+                batch.append(item)
+                if len(batch) == 1:
+                    deadline = time.monotonic() + self._flush_seconds
+                if len(batch) < self._batch_size and time.monotonic() < deadline:
+                    continue
+            self._write(batch)
+            batch = []
+            if isinstance(item, _Marker):
+                if item.stop:
+                    self._disconnect()
+                item.done.set()
+                if item.stop:
+                    return
+
+    def _write(self, batch: list[_Row]) -> None:
+        if not batch:
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = _connect(self._url, vectors=False)
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                for kind, sql_copy, types in (
+                    ("query", _QUERY_COPY, _QUERY_TYPES),
+                    ("feedback", _FEEDBACK_COPY, _FEEDBACK_TYPES),
+                ):
+                    rows = [values for k, values in batch if k == kind]
+                    if rows:
+                        with cur.copy(sql_copy) as copy:
+                            copy.set_types(types)
+                            for values in rows:
+                                copy.write_row(values)
+        except (psycopg.Error, DatabaseError) as exc:
+            self._count("log_errors", 1)
+            self._disconnect()
+            logger.warning(
+                "could not write %d query-log rows to %s (they are lost): %s",
+                len(batch), redact_url(self._url), _reason(exc, self._url),
+            )
+        else:
+            self._count("logged", len(batch))
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class Retriever:
+    """Search a knowledge base the way its routing says, and log queries and feedback.
+
+    Args:
+        kb: the knowledge base name.
+        database_url: where to read (a ``kbrefresh_reader`` role is enough); default
+            ``settings.database_url`` or the embedded server.
+        log_database_url: where to write ``query_log`` / ``feedback`` (a
+            ``kbrefresh_logger`` role is enough); default ``database_url``.
+        routing_ttl_seconds: how long a routing row is trusted before it is re-read.
+        embedder: use this embedder (it must match the served versions' fingerprint)
+            instead of the one each fingerprint names.
+        clock: a monotonic clock in seconds (tests inject one to expire the routing).
+
+    Raises:
+        ConfigError: an argument is out of range.
+        VersionError: ``kb`` does not exist.
+        DatabaseError: the database is unreachable.
+    """
+
+    def __init__(
+        self,
+        kb: str,
+        *,
+        database_url: str | None = None,
+        log_database_url: str | None = None,
+        settings: Settings | None = None,
+        routing_ttl_seconds: float = 5.0,
+        log_batch_size: int = 200,
+        log_flush_seconds: float = 1.0,
+        embedder: Embedder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check_range("routing_ttl_seconds", routing_ttl_seconds, 0.0, _MAX_TTL_SECONDS)
+        _check_range("log_batch_size", log_batch_size, 1, 100_000)
+        _check_range("log_flush_seconds", log_flush_seconds, 0.01, 3600.0)
+        self.kb = kb
+        self._settings = settings or Settings()
+        url = database_url or default_database_url(self._settings)
+        self._pool = _Pool(url)
+        try:
+            with self._pool.connection() as conn:
+                self._kb_id = store.get_kb_id(conn, kb)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise self._db_error(exc) from exc
+        except KBRefreshError:
+            self._pool.close()
+            raise
+        self._ttl = float(routing_ttl_seconds)
+        self._clock = clock
+        self._embedder = embedder
+        self._routing: _Routing | None = None
+        self._served: dict[int, _Served] = {}
+        self._embedders: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer = _LogWriter(log_database_url or url, log_batch_size, log_flush_seconds)
+        # Also runs at interpreter exit, so queued log rows of an unclosed Retriever are written.
+        self._shutdown = weakref.finalize(self, _shutdown, self._writer, self._pool)
+
+    def search(self, query: str, k: int = 5, *, session_id: str | None = None) -> SearchResult:
+        """Embed ``query`` and return the ``k`` best chunks of the version this session sees.
+
+        Raises:
+            ConfigError: empty query, ``k`` out of range, or a mismatched embedder.
+            VersionError: the knowledge base has no live version.
+            DatabaseError: the database is unreachable or refused the query.
+        """
+        started = time.perf_counter()
+        self._check_open()
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError(f"query {query!r} is empty; expected some words to search for")
+        _check_range("k", k, 1, _MAX_K)
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise ConfigError(f"session_id {session_id!r} is invalid; expected text or None")
+        hashed = session_hash(self.kb, session_id if session_id else uuid.uuid4().hex)
+        version = self._pick_version(canary_bucket(hashed))
+        served = self._serve(version)
+        vector = served.embedder.embed([query])[0]
+        try:
+            with self._pool.connection() as conn:
+                hits = search_version(conn, served.table, version, vector, k)
+        except psycopg.Error as exc:
+            raise self._db_error(exc) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        query_id = uuid.uuid4()
+        self._writer.put(("query", (
+            query_id, self._kb_id, datetime.now(UTC), hashed,
+            query[:_MAX_LOGGED_QUERY_CHARS].replace("\x00", "\ufffd"), version, latency_ms,
+            [h.doc_id for h in hits], hits[0].similarity if hits else None, query_sketch(vector),
+        )))
+        return SearchResult(str(query_id), version, tuple(hits), latency_ms)
+
+    def feedback(
+        self, query_id: str | uuid.UUID, *, rating: int | None = None, thumbs: bool | None = None
+    ) -> None:
+        """Queue a rating (1 to 5) and/or thumbs up/down for the query ``query_id``."""
+        self._check_open()
+        try:
+            qid = query_id if isinstance(query_id, uuid.UUID) else uuid.UUID(str(query_id))
+        except ValueError as exc:
+            raise ConfigError(
+                f"query_id {query_id!r} is not a UUID; expected a SearchResult.query_id"
+            ) from exc
+        if rating is None and thumbs is None:
+            raise ConfigError("feedback needs a rating (1 to 5) or thumbs (True or False); got neither")
+        if rating is not None and (type(rating) is not int or not 1 <= rating <= 5):
+            raise ConfigError(f"rating {rating!r} is invalid; expected an int from 1 to 5")
+        if thumbs is not None and not isinstance(thumbs, bool):
+            raise ConfigError(f"thumbs {thumbs!r} is invalid; expected True or False")
+        self._writer.put(("feedback", (qid, self._kb_id, datetime.now(UTC), rating, thumbs)))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every log row queued so far is written (or its write failed)."""
+        if not self._closed and not self._writer.flush(timeout):
+            logger.warning("query-log rows still queued after %.1f s", timeout)
+
+    def close(self) -> None:
+        """Write queued log rows, stop the log thread and close connections."""
+        self._closed = True
+        self._shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``retriever.logged``, ``retriever.log_errors``, ``retriever.dropped``."""
+        return {f"retriever.{name}": n for name, n in self._writer.snapshot().items()}
+
+    @property
+    def logged(self) -> int:
+        return self.stats["retriever.logged"]
+
+    @property
+    def log_errors(self) -> int:
+        return self.stats["retriever.log_errors"]
+
+    @property
+    def dropped(self) -> int:
+        return self.stats["retriever.dropped"]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KBRefreshError(f"the Retriever of {self.kb!r} is closed; create a new one")
+
+    def _db_error(self, exc: psycopg.Error) -> DatabaseError:
+        url = self._pool.url
+        return DatabaseError(
+            f"reading {self.kb!r} from {redact_url(url)} failed: {_reason(exc, url)}"
+        )
+
+    def _pick_version(self, bucket: int) -> int:
+        routing = self._routing
+        if routing is None or self._clock() >= routing.expires_at:
+            routing = self._read_routing()
+        if routing.live is None:
+            raise VersionError(f"knowledge base {self.kb!r} has no live version yet; run a refresh first")
+        if routing.canary is not None and bucket < routing.canary_buckets:
+            return routing.canary
+        return routing.live
+
+    def _read_routing(self) -> _Routing:
+        with self._lock:
+            routing = self._routing
+            if routing is not None and self._clock() < routing.expires_at:
+                return routing  # another thread re-read it while we waited
+            try:
+                with self._pool.connection() as conn:
+                    row = conn.execute(
+                        "SELECT live_version, canary_version, canary_percent FROM kb_routing"
+                        " WHERE kb_id = %s", (self._kb_id,),
+                    ).fetchone()
+            except psycopg.Error as exc:
+                raise self._db_error(exc) from exc
+            if row is None:
+                raise VersionError(f"knowledge base {self.kb!r} has no routing row; run a refresh first")
+            percent = float(row["canary_percent"] or 0)
+            routing = _Routing(
+                live=row["live_version"],
+                canary=row["canary_version"],
+                canary_buckets=round(percent * _CANARY_BUCKETS / 100),
+                expires_at=self._clock() + self._ttl,
+            )
+            self._routing = routing
+            return routing
+
+    def _serve(self, version: int) -> _Served:
+        served = self._served.get(version)
+        if served is not None:
+            return served
+        with self._lock:
+            try:
+                with self._pool.connection() as conn:
+                    fp = store.fingerprint_for_version(conn, self._kb_id, version)
+            except psycopg.Error as exc:
+                raise self._db_error(exc) from exc
+            if self._embedder is not None:
+                check_embedder_matches(self._embedder, fp.spec, kb=self.kb, version=version)
+            embedder = self._embedder or self._embedders.get(fp.key)
+            if embedder is None:
+                embedder = self._embedders[fp.key] = embedder_for(self._settings, fp.spec)
+            served = _Served(fp.table, embedder)
+            if len(self._served) >= _MAX_CACHED_VERSIONS:
+                self._served.pop(next(iter(self._served)))
+            self._served[version] = served
+            return served
+
+
+def _shutdown(writer: _LogWriter, pool: _Pool) -> None:
+    if not writer.flush(10.0, stop=True):
+        logger.warning("query-log thread did not stop within 10 s; queued rows are lost")
+    pool.close()
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    kind = int if isinstance(low, int) else int | float
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        expected = "an int" if kind is int else "a number"
+        raise ConfigError(f"{name} {value!r} is out of range; expected {expected} from {low} to {high}")
