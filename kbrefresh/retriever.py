@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import queue
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, Self
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from pgvector.psycopg import register_vector
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 
 from kbrefresh import store
 from kbrefresh.db import database_url as default_database_url
@@ -38,6 +32,7 @@ from kbrefresh.db import redact_url
 from kbrefresh.embedders import Embedder
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
 from kbrefresh.evaluation import embedder_for
+from kbrefresh.querylog import LogWriter, Pool, reason
 from kbrefresh.retrieval import check_embedder_matches
 from kbrefresh.search import Hit, search_version
 from kbrefresh.settings import Settings
@@ -54,19 +49,6 @@ _MAX_IDLE_CONNECTIONS = 8
 _MAX_CACHED_VERSIONS = 32
 _MAX_LOGGED_QUERY_CHARS = 10_000  # one pasted log file must not bloat query_log
 
-_QUERY_COPY = (
-    "COPY query_log (query_id, kb_id, ts, session_hash, query, version, latency_ms,"
-    " top_doc_ids, top_similarity, query_sketch) FROM STDIN (FORMAT BINARY)"
-)
-_QUERY_TYPES = ["uuid", "int4", "timestamptz", "text", "text", "int4", "float4", "text[]",
-                "float4", "float4[]"]
-_FEEDBACK_COPY = (
-    "COPY feedback (query_id, kb_id, ts, rating, thumbs) FROM STDIN (FORMAT BINARY)"
-)
-_FEEDBACK_TYPES = ["uuid", "int4", "timestamptz", "int2", "bool"]
-
-Conn = psycopg.Connection[dict[str, Any]]
-_Row = tuple[Literal["query", "feedback"], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -91,12 +73,6 @@ class _Routing:
 class _Served:
     table: str
     embedder: Embedder
-
-
-@dataclass(frozen=True)
-class _Marker:
-    done: threading.Event
-    stop: bool = False
 
 
 def session_hash(kb: str, session_id: str) -> str:
@@ -124,160 +100,6 @@ def query_sketch(vector: npt.NDArray[np.float32]) -> list[float]:
     sketch = np.asarray(vector, dtype=np.float32) @ _projection(int(vector.shape[0]))
     norm = float(np.linalg.norm(sketch))
     return (sketch / norm if norm > 0 else sketch).tolist()  # type: ignore[no-any-return]
-
-
-def _reason(exc: BaseException, url: str) -> str:
-    """Return the first line of ``exc`` with the URL and its password masked."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = text.replace(url, redact_url(url))
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except psycopg.Error:
-        password = None
-    return text.replace(str(password), "***") if password else text
-
-
-def _connect(url: str, *, vectors: bool) -> Conn:
-    try:
-        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {redact_url(url)}: {_reason(exc, url)}") from exc
-    if vectors:
-        try:
-            register_vector(conn)
-        except psycopg.Error as exc:
-            conn.close()
-            raise DatabaseError(
-                f"the pgvector extension is not installed in {redact_url(url)}; "
-                "run a refresh first (it applies the migrations)"
-            ) from exc
-    return conn
-
-
-class _Pool:
-    """Idle autocommit connections reused across searches; a broken one is dropped."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._idle: list[Conn] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[Conn]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = _connect(self.url, vectors=True)
-        try:
-            yield conn
-        finally:
-            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            with self._lock:
-                keep = idle and not self._closed and len(self._idle) < _MAX_IDLE_CONNECTIONS
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed, idle, self._idle = True, self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-class _LogWriter:
-    """A daemon thread that COPYs queued log rows in batches on its own connection."""
-
-    def __init__(self, url: str, batch_size: int, flush_seconds: float) -> None:
-        self._url = url
-        self._batch_size = batch_size
-        self._flush_seconds = flush_seconds
-        self._queue: queue.Queue[_Row | _Marker] = queue.Queue(max(10_000, 2 * batch_size))
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
-        self.counts = {"logged": 0, "log_errors": 0, "dropped": 0}
-        self._thread = threading.Thread(target=self._run, name="kbrefresh-query-log", daemon=True)
-        self._thread.start()
-
-    def put(self, row: _Row) -> None:
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            self._count("dropped", 1)
-
-    def flush(self, timeout: float, *, stop: bool = False) -> bool:
-        marker = _Marker(threading.Event(), stop=stop)
-        try:
-            self._queue.put(marker, timeout=timeout)
-        except queue.Full:
-            return False
-        return self._thread.is_alive() and marker.done.wait(timeout)
-
-    def _count(self, name: str, n: int) -> None:
-        with self._lock:
-            self.counts[name] += n
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.counts)
-
-    def _run(self) -> None:
-        batch: list[_Row] = []
-        deadline = math.inf
-        while True:
-            wait = max(0.0, deadline - time.monotonic()) if batch else None
-            try:
-                item: _Row | _Marker | None = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if isinstance(item, tuple):
-                batch.append(item)
-                if len(batch) == 1:
-                    deadline = time.monotonic() + self._flush_seconds
-                if len(batch) < self._batch_size and time.monotonic() < deadline:
-                    continue
-            self._write(batch)
-            batch = []
-            if isinstance(item, _Marker):
-                if item.stop:
-                    self._disconnect()
-                item.done.set()
-                if item.stop:
-                    return
-
-    def _write(self, batch: list[_Row]) -> None:
-        if not batch:
-            return
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = _connect(self._url, vectors=False)
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                for kind, sql_copy, types in (
-                    ("query", _QUERY_COPY, _QUERY_TYPES),
-                    ("feedback", _FEEDBACK_COPY, _FEEDBACK_TYPES),
-                ):
-                    rows = [values for k, values in batch if k == kind]
-                    if rows:
-                        with cur.copy(sql_copy) as copy:
-                            copy.set_types(types)
-                            for values in rows:
-                                copy.write_row(values)
-        except (psycopg.Error, DatabaseError) as exc:
-            self._count("log_errors", 1)
-            self._disconnect()
-            logger.warning(
-                "could not write %d query-log rows to %s (they are lost): %s",
-                len(batch), redact_url(self._url), _reason(exc, self._url),
-            )
-        else:
-            self._count("logged", len(batch))
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 class Retriever:
@@ -319,7 +141,7 @@ class Retriever:
         self.kb = kb
         self._settings = settings or Settings()
         url = database_url or default_database_url(self._settings)
-        self._pool = _Pool(url)
+        self._pool = Pool(url)
         try:
             with self._pool.connection() as conn:
                 self._kb_id = store.get_kb_id(conn, kb)
@@ -337,7 +159,7 @@ class Retriever:
         self._embedders: dict[str, Embedder] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._writer = _LogWriter(log_database_url or url, log_batch_size, log_flush_seconds)
+        self._writer = LogWriter(log_database_url or url, log_batch_size, log_flush_seconds)
         # Also runs at interpreter exit, so queued log rows of an unclosed Retriever are written.
         self._shutdown = weakref.finalize(self, _shutdown, self._writer, self._pool)
 
@@ -433,7 +255,7 @@ class Retriever:
     def _db_error(self, exc: psycopg.Error) -> DatabaseError:
         url = self._pool.url
         return DatabaseError(
-            f"reading {self.kb!r} from {redact_url(url)} failed: {_reason(exc, url)}"
+            f"reading {self.kb!r} from {redact_url(url)} failed: {reason(exc, url)}"
         )
 
     def _pick_version(self, bucket: int) -> int:
@@ -493,7 +315,7 @@ class Retriever:
             return served
 
 
-def _shutdown(writer: _LogWriter, pool: _Pool) -> None:
+def _shutdown(writer: LogWriter, pool: Pool) -> None:
     if not writer.flush(10.0, stop=True):
         logger.warning("query-log thread did not stop within 10 s; queued rows are lost")
     pool.close()

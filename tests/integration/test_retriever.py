@@ -205,7 +205,7 @@ def test_a_failing_query_log_never_fails_a_search(
         assert r.log_errors > 0 and r.logged == 0
         assert r.search("invoice").hits  # and the next flush reconnects and fails again, quietly
         r.flush()
-    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "kbrefresh.retriever"]
+    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "kbrefresh.querylog"]
     assert warnings and all("postgresql://u:***@127.0.0.1:1/x" in w for w in warnings)
     assert not any("pw" in rec.getMessage() for rec in caplog.records)
 
