@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, Field
 
 from kbrefresh.store import validate_kb_name
-from tasks import report_rollback, rollback_live_version
+from tasks import report_rollback, rollback_live_version, sync_registry_aliases
 
 
 class RollbackParameters(BaseModel):
@@ -35,4 +35,5 @@ def rollback_kb(params: RollbackParameters) -> dict[str, Any]:
     routing history with the reason and shown as the artifact kbrefresh-rollback-<kb>.
     """
     change = rollback_live_version(params.kb, params.to_version, params.reason, flow_run.id)
+    sync_registry_aliases(params.kb)  # champion follows the routing back
     return report_rollback(params.kb, change, params.reason)

@@ -55,8 +55,10 @@ def scheduled_refresh(params: RefreshParameters) -> dict[str, Any]:
     Only new or changed chunks are embedded; unchanged vectors are reused in Postgres. A new
     embedding fingerprint (model, dims, chunking) means a full re-embed, announced with its
     chunk count and estimated tokens first. The candidate must pass smoke checks and the
-    validation gate against live on golden queries (kbrefresh-smoke-<kb>, kbrefresh-gate-<kb>);
-    if not, it is rejected and live keeps serving. Summary: artifact kbrefresh-refresh-<kb>.
+    validation gate against live on golden queries (kbrefresh-smoke-<kb>, kbrefresh-gate-<kb>,
+    kbrefresh-verdict-<kb>); if not, it is rejected and live keeps serving. Every build is an
+    MLflow run; a published version is a registered model version with alias champion.
+    Summary: artifact kbrefresh-refresh-<kb>.
     Undo a swap with the rollback-kb deployment.
     """
     run_id, clock = flow_run.id, tasks.Stopwatch()
@@ -76,10 +78,15 @@ def scheduled_refresh(params: RefreshParameters) -> dict[str, Any]:
             with clock("smoke"):
                 smoke = tasks.smoke_check_version(ticket)
             with clock("gate"):
-                tasks.validate_candidate_version(ticket, smoke)  # GateFailed: live untouched
+                outcome = tasks.validate_candidate_version(ticket, smoke)
         except BaseException as exc:
             tasks.mark_build_failed(ticket, exc)  # no-op for a version already rejected
             raise
+        record = tasks.record_build_run(ticket, params.source, prepared, plan, stats, reuse,
+                                        outcome, clock.seconds)
+        tasks.raise_if_rejected(ticket, smoke, outcome)  # GateFailed: live untouched
         with clock("publish"):
             published = tasks.swap_live_version(ticket, params.reason, run_id, params.keep_versions)
-    return tasks.report_refresh(ticket, prepared, plan, stats, reuse, published, clock.seconds)
+    aliases = tasks.sync_registry_aliases(params.kb)
+    return tasks.report_refresh(ticket, prepared, plan, stats, reuse, published, clock.seconds,
+                                outcome, record, aliases)

@@ -276,6 +276,16 @@ def validate_candidate(
     return outcome
 
 
+def rejection_message(
+    ticket: BuildTicket, smoke: SmokeResult, outcome: GateOutcome | None
+) -> str:
+    """Say why a candidate was rejected and what keeps serving."""
+    why = outcome.verdict.summary if outcome else (
+        f"Smoke checks failed: {'; '.join(smoke.failures)}; "
+        + ("the live version keeps serving." if ticket.live_version else "nothing was published."))
+    return f"version {ticket.version} of {ticket.kb!r} was rejected. {why}"
+
+
 @dataclass(frozen=True)
 class PublishResult:
     from_version: int | None

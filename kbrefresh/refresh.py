@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kbrefresh import pipeline
-from kbrefresh.build import BuildPlan, ProgressFn
+from kbrefresh import pipeline, records
+from kbrefresh.build import BuildPlan, EmbedStats, ProgressFn
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
+from kbrefresh.evaluation import GateOutcome
 from kbrefresh.gate import Verdict
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.policy import AcceptancePolicy
@@ -45,6 +46,9 @@ class RefreshReport:
     verdict: Verdict | None = None
     golden: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    model_version: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -118,23 +122,48 @@ def refresh(
         except BaseException as exc:
             pipeline.fail_build(settings, ticket, exc)
             raise
+        record = (records.record_build(
+            settings, ticket, source=source, counts=counts | {
+                "documents": prepared.documents, "chunks": prepared.chunks,
+                "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
+                "documents_deleted": prepared.changes.deleted},
+            seconds=seconds, estimated_tokens=plan.estimated_tokens, outcome=gate,
+            quality=prepared.quality) if settings.tracking else records.BuildRecord(None, None))
         if gate is None or not gate.verdict.passed:
-            why = gate.verdict.summary if gate else (
-                f"smoke checks failed: {'; '.join(smoke.failures)}; nothing was published.")
-            raise GateFailed(
-                f"version {ticket.version} of {kb!r} was rejected. {why}",
-                verdict=gate.as_dict() if gate else smoke.as_dict(),
-            )
+            raise GateFailed(pipeline.rejection_message(ticket, smoke, gate),
+                             verdict=gate.as_dict() if gate else smoke.as_dict())
         published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
                                      keep_versions=keep_versions)
+    registry_warning = records.sync_aliases(settings, kb) if settings.tracking else None
+    return make_report(ticket, prepared, plan, stats, (closed, copied), published, seconds,
+                       outcome=gate, record=record, registry_warning=registry_warning)
+
+
+def make_report(
+    ticket: pipeline.BuildTicket,
+    prepared: pipeline.PrepareResult,
+    plan: BuildPlan,
+    stats: EmbedStats,
+    reuse: tuple[int, int],
+    published: pipeline.PublishResult,
+    seconds: dict[str, float],
+    *,
+    outcome: GateOutcome | None,
+    record: records.BuildRecord,
+    registry_warning: str | None,
+) -> RefreshReport:
+    """Assemble the report of a published refresh from its steps' results."""
+    closed, copied = reuse
     return RefreshReport(
-        kb=kb, version=ticket.version, dataset_tag=prepared.dataset_tag, resumed=ticket.resumed,
-        documents=prepared.documents, chunks=prepared.chunks,
+        kb=ticket.kb, version=ticket.version, dataset_tag=prepared.dataset_tag,
+        resumed=ticket.resumed, documents=prepared.documents, chunks=prepared.chunks,
         documents_new=prepared.changes.new, documents_changed=prepared.changes.changed,
         documents_deleted=prepared.changes.deleted, chunks_embedded=stats.rows,
         texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
         full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
         from_version=published.from_version, live_version=published.to_version,
-        archived=published.archived, verdict=gate.verdict, golden=gate.evaluation.golden,
-        seconds=seconds,
+        archived=published.archived, verdict=outcome.verdict if outcome else None,
+        golden=outcome.evaluation.golden if outcome else "", seconds=seconds,
+        mlflow_run_id=record.run_id, model_version=record.model_version,
+        warnings=[w for w in (record.warning, registry_warning) if w],
     )

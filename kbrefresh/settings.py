@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     embed_batch_max_chars: int = Field(default=400_000, ge=1000)
 
     mlflow_tracking_uri: str | None = None
+    tracking: bool = True  # every build an MLflow run, versions registered with aliases
 
     maintenance_work_mem: str = "1GB"
     keep_versions: int = Field(default=2, ge=1, le=100)

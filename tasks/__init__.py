@@ -11,9 +11,10 @@ from __future__ import annotations
 from tasks._common import Stopwatch, artifact_key, is_transient
 from tasks.documents import prepare_dataset
 from tasks.embeddings import embed_changed_chunks
-from tasks.gate import smoke_check_version, validate_candidate_version
+from tasks.gate import raise_if_rejected, smoke_check_version, validate_candidate_version
 from tasks.reports import report_refresh, report_rollback
 from tasks.routing import rollback_live_version, swap_live_version
+from tasks.tracking import record_build_run, sync_registry_aliases
 from tasks.store import (
     begin_version,
     finalize_version,
@@ -34,11 +35,14 @@ __all__ = [
     "mark_build_failed",
     "plan_version",
     "prepare_dataset",
+    "raise_if_rejected",
+    "record_build_run",
     "report_refresh",
     "report_rollback",
     "reuse_unchanged_chunks",
     "rollback_live_version",
     "smoke_check_version",
     "swap_live_version",
+    "sync_registry_aliases",
     "validate_candidate_version",
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from dataclasses import asdict
 
-from kbrefresh import pipeline
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from kbrefresh import pipeline, records
 from kbrefresh.errors import GateFailed
-from kbrefresh.gate import Verdict
+from kbrefresh.evaluation import GateOutcome
 from kbrefresh.pipeline import BuildTicket
+from kbrefresh.reports import comparison_markdown
 from kbrefresh.settings import Settings
 from kbrefresh.smoke import SmokeResult
 from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
@@ -42,34 +45,40 @@ def smoke_check_version(ticket: BuildTicket) -> SmokeResult:
 
 
 @task(**TASK_OPTIONS)
-def validate_candidate_version(ticket: BuildTicket, smoke: SmokeResult) -> Verdict:
+def validate_candidate_version(ticket: BuildTicket, smoke: SmokeResult) -> GateOutcome | None:
     """Judge the candidate against live on golden queries; store and show the verdict.
 
-    The verdict is shown as the markdown artifact ``kbrefresh-gate-<kb>``.
+    Shown as the table artifact ``kbrefresh-verdict-<kb>`` (every rule) and the markdown
+    artifact ``kbrefresh-gate-<kb>`` (candidate vs live per metric and slice, decision).
+    Returns None when smoke checks already failed (the gate does not run).
+    """
+    if not smoke.passed:
+        return None
+    outcome = pipeline.validate_candidate(Settings(), ticket, smoke=smoke)
+    passed = "passed" if outcome.verdict.passed else "failed"
+    create_table_artifact(
+        [asdict(rule) for rule in outcome.verdict.rules],
+        key=artifact_key("verdict", ticket.kb),
+        description=f"Validation rules of {ticket.kb!r} v{ticket.version}: {passed}",
+    )
+    create_markdown_artifact(
+        comparison_markdown(ticket.kb, ticket.version, outcome, records.CHART),
+        key=artifact_key("gate", ticket.kb),
+        description=f"Validation gate of {ticket.kb!r} v{ticket.version}: {passed}",
+    )
+    get_run_logger().info("validation gate: %s", outcome.verdict.summary)
+    return outcome
+
+
+def raise_if_rejected(
+    ticket: BuildTicket, smoke: SmokeResult, outcome: GateOutcome | None
+) -> None:
+    """Raise GateFailed unless the candidate passed smoke checks and the gate.
 
     Raises:
-        GateFailed: smoke checks or the gate failed; the version is marked rejected and
-            the live version keeps serving.
+        GateFailed: the version is already marked rejected; the live version keeps serving.
     """
-    logger = get_run_logger()
-    outcome = None
-    if smoke.passed:
-        outcome = pipeline.validate_candidate(Settings(), ticket, smoke=smoke)
-        create_markdown_artifact(
-            f"# Validation of {escape_markdown(repr(ticket.kb))} v{ticket.version}\n\n"
-            + outcome.verdict.to_markdown() + "\n",
-            key=artifact_key("gate", ticket.kb),
-            description=f"Validation gate of {ticket.kb!r} v{ticket.version}: "
-            f"{'passed' if outcome.verdict.passed else 'failed'}",
-        )
-        logger.info("validation gate: %s", outcome.verdict.summary)
     if outcome is not None and outcome.verdict.passed:
-        return outcome.verdict
-    why = (outcome.verdict.summary if outcome
-           else f"smoke checks failed: {'; '.join(smoke.failures)}")
-    serving = (f"live version {ticket.live_version} keeps serving" if ticket.live_version
-               else "no version is live yet")
-    raise GateFailed(
-        f"version {ticket.version} of {ticket.kb!r} was rejected: {why.rstrip('.')}; {serving}",
-        verdict=outcome.as_dict() if outcome else smoke.as_dict(),
-    )
+        return
+    raise GateFailed(pipeline.rejection_message(ticket, smoke, outcome),
+                     verdict=outcome.as_dict() if outcome else smoke.as_dict())

@@ -10,7 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from kbrefresh.build import BuildPlan, EmbedStats
 from kbrefresh.pipeline import BuildTicket, PrepareResult, PublishResult
-from kbrefresh.refresh import RefreshReport
+from kbrefresh.evaluation import GateOutcome
+from kbrefresh.records import BuildRecord
+from kbrefresh.refresh import RefreshReport, make_report
 from kbrefresh.routing import RouteChange
 from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
 
@@ -24,26 +26,22 @@ def report_refresh(
     reuse: tuple[int, int],
     published: PublishResult,
     seconds: dict[str, float],
+    outcome: GateOutcome | None,
+    record: BuildRecord,
+    registry_warning: str | None,
 ) -> dict[str, Any]:
     """Publish the summary as the artifact ``kbrefresh-refresh-<kb>``; return it as a dict."""
-    closed, copied = reuse
-    report = RefreshReport(
-        kb=ticket.kb, version=ticket.version, dataset_tag=prepared.dataset_tag,
-        resumed=ticket.resumed, documents=prepared.documents, chunks=prepared.chunks,
-        documents_new=prepared.changes.new, documents_changed=prepared.changes.changed,
-        documents_deleted=prepared.changes.deleted, chunks_embedded=stats.rows,
-        texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
-        full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
-        from_version=published.from_version, live_version=published.to_version,
-        archived=published.archived, seconds=seconds,
-    )
+    report = make_report(ticket, prepared, plan, stats, reuse, published, seconds,
+                         outcome=outcome, record=record, registry_warning=registry_warning)
     create_markdown_artifact(
         refresh_markdown(report),
         key=artifact_key("refresh", ticket.kb),
         description=report.summary(),
     )
     get_run_logger().info("%s", report.summary())
-    return asdict(report)
+    summary = asdict(report)
+    summary["verdict"] = report.verdict.to_dict() if report.verdict else None
+    return summary
 
 
 def refresh_markdown(report: RefreshReport) -> str:
@@ -62,7 +60,11 @@ def refresh_markdown(report: RefreshReport) -> str:
         ("Estimated tokens", f"{report.estimated_tokens:,}"),
         ("Build", build),
         ("Archived versions", ", ".join(f"v{v}" for v in report.archived) or "none"),
+        ("Validation", escape_markdown(report.verdict.summary) if report.verdict else "not run"),
+        ("MLflow run", escape_markdown(report.mlflow_run_id or "not recorded")),
+        ("Registered model version", escape_markdown(report.model_version or "none")),
     ]
+    rows += [("Warning", escape_markdown(w)) for w in report.warnings]
     timings = [(step, f"{value:.2f}") for step, value in report.seconds.items()]
     timings.append(("total", f"{sum(report.seconds.values()):.2f}"))
     return (

@@ -57,4 +57,6 @@ def settings(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         data_dir=tmp_path / "data",
         embedding_dims=64,
         maintenance_work_mem="64MB",
+        # MLflow costs seconds per fresh store; tests of tracking turn it back on.
+        tracking=False,
     )

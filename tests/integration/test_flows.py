@@ -222,8 +222,8 @@ def test_a_candidate_failing_the_gate_is_rejected_and_nothing_goes_live(
     error = failed_refresh(kb, corpus)
 
     assert isinstance(error, GateFailed)
-    assert str(error).startswith(f"version 1 of {kb!r} was rejected: ")
-    assert str(error).endswith("; no version is live yet")
+    assert str(error).startswith(f"version 1 of {kb!r} was rejected. First version, no live ")
+    assert str(error).endswith("; nothing is published.")
     assert live(env, kb) is None
     with connect(env) as conn:
         [version] = store.list_versions(conn, store.get_kb_id(conn, kb))

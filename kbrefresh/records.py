@@ -1,0 +1,121 @@
+"""Record each build in MLflow and keep the registry's aliases on the routing.
+
+Tracking never decides whether a knowledge base refreshes: when MLflow fails, the
+build goes on, the failure is logged and returned as a warning for the report, and
+``kbrefresh registry sync`` repairs the registry from the routing table later.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kbrefresh import store
+from kbrefresh.db import connect
+from kbrefresh.evaluation import GateOutcome
+from kbrefresh.pipeline import BuildTicket
+from kbrefresh.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# USD per million input tokens, for the estimated-cost metric (offline costs nothing).
+PRICE_PER_MILLION_TOKENS = {
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
+    "text-embedding-ada-002": 0.10,
+}
+CHART = "metrics.png"
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    run_id: str | None
+    model_version: str | None
+    warning: str | None = None
+
+
+def estimated_cost_usd(fingerprint: Mapping[str, Any], tokens: int) -> float:
+    if fingerprint.get("provider") != "openai":
+        return 0.0
+    return tokens / 1e6 * PRICE_PER_MILLION_TOKENS.get(str(fingerprint.get("model")), 0.0)
+
+
+def record_build(
+    settings: Settings,
+    ticket: BuildTicket,
+    *,
+    source: str,
+    counts: Mapping[str, float],
+    seconds: Mapping[str, float],
+    estimated_tokens: int,
+    outcome: GateOutcome | None,
+    quality: Mapping[str, Any] | None = None,
+) -> BuildRecord:
+    """Log the build as an MLflow run; register the version when it passed the gate."""
+    from kbrefresh import reports, tracking  # MLflow and matplotlib load in seconds: only here
+
+    try:
+        with connect(settings) as conn:
+            row = store.version_row(conn, ticket.kb_id, ticket.version)
+            spec = dict(store.fingerprint_for_version(conn, ticket.kb_id, ticket.version).spec)
+            manifest = [(r["doc_id"], r["content_hash"]) for r in conn.execute(
+                "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s"
+                " AND version = %s ORDER BY doc_id", (ticket.kb_id, ticket.version)).fetchall()]
+        metrics = {f"count.{k}": float(v) for k, v in counts.items()}
+        metrics |= {f"seconds.{k}": float(v) for k, v in seconds.items()}
+        metrics |= {"estimated_tokens": float(estimated_tokens),
+                    "estimated_cost_usd": estimated_cost_usd(spec, estimated_tokens)}
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts: dict[str, Any] = {
+                "model_card.md": reports.model_card(
+                    kb=ticket.kb, version=ticket.version, dataset_tag=row["dataset_tag"],
+                    fingerprint=spec, counts=counts, outcome=outcome,
+                    built_at=datetime.now(UTC), source=source),
+            }
+            if quality is not None:
+                artifacts["quality.json"] = dict(quality)
+            if outcome is not None:
+                metrics |= tracking.gate_metrics(outcome)
+                artifacts["verdict.json"] = outcome.as_dict()
+                artifacts["verdict.md"] = outcome.verdict.to_markdown()
+                artifacts[CHART] = reports.metrics_chart(outcome.evaluation, Path(tmp) / CHART)
+            run_id = tracking.log_build(
+                settings, kb=ticket.kb, version=ticket.version,
+                params={"fingerprint": spec, "provider": spec.get("provider"),
+                        "model": spec.get("model"), "dims": spec.get("dims"),
+                        "chunker": spec.get("chunker"), "table": ticket.table},
+                metrics=metrics, artifacts=artifacts, manifest=manifest,
+                dataset_tag=row["dataset_tag"], source=source,
+                tags={"status": "passed" if outcome and outcome.verdict.passed else "rejected"},
+            )
+        model_version = None
+        if outcome is not None and outcome.verdict.passed:
+            model_version = tracking.register_version(
+                settings, kb=ticket.kb, version=ticket.version, run_id=run_id,
+                table=ticket.table, fingerprint=spec)
+        return BuildRecord(run_id, model_version)
+    except Exception as exc:  # reported, not swallowed: the warning reaches the run report
+        warning = (f"MLflow tracking failed for v{ticket.version} of {ticket.kb!r} "
+                   f"({type(exc).__name__}: {exc}); the build itself is unaffected")
+        logger.warning("%s", warning)
+        return BuildRecord(None, None, warning)
+
+
+def sync_aliases(settings: Settings, kb: str) -> str | None:
+    """Move champion/challenger to the routing's live/canary versions; return a warning on failure."""
+    from kbrefresh import tracking
+
+    try:
+        for line in tracking.sync_registry(settings, kb):
+            logger.info("registry: %s", line)
+        return None
+    except Exception as exc:  # reported: routing stays the source of truth
+        warning = (f"the MLflow registry was not updated for {kb!r} ({type(exc).__name__}: "
+                   f"{exc}); routing is correct, run `kbrefresh registry sync --kb {kb}`")
+        logger.warning("%s", warning)
+        return warning

@@ -1,0 +1,61 @@
+"""Tasks that record builds in MLflow and keep registry aliases on the routing."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from kbrefresh import records
+from kbrefresh.build import BuildPlan, EmbedStats
+from kbrefresh.evaluation import GateOutcome
+from kbrefresh.pipeline import BuildTicket, PrepareResult
+from kbrefresh.settings import Settings
+from tasks._common import TASK_OPTIONS
+
+# Tracking never fails a run (failures come back as warnings), so retries buy nothing.
+_OPTIONS = TASK_OPTIONS | {"retries": 0}
+
+
+@task(**_OPTIONS)
+def record_build_run(
+    ticket: BuildTicket,
+    source: str,
+    prepared: PrepareResult,
+    plan: BuildPlan,
+    stats: EmbedStats,
+    reuse: tuple[int, int],
+    outcome: GateOutcome | None,
+    seconds: dict[str, float],
+) -> records.BuildRecord:
+    """Log the build (params, counts, timings, verdict, chart, model card, manifest) to MLflow.
+
+    A version that passed the gate is registered as a model version of the KB's model.
+    """
+    settings = Settings()
+    if not settings.tracking:
+        return records.BuildRecord(None, None)
+    closed, copied = reuse
+    counts = {"documents": prepared.documents, "chunks": prepared.chunks,
+              "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
+              "documents_deleted": prepared.changes.deleted, "embedded": stats.rows,
+              "texts_embedded": stats.texts, "reused": plan.unchanged + copied, "removed": closed}
+    record = records.record_build(
+        settings, ticket, source=source, counts=counts, seconds=seconds,
+        estimated_tokens=plan.estimated_tokens, outcome=outcome, quality=prepared.quality)
+    logger = get_run_logger()
+    if record.warning:
+        logger.warning("%s", record.warning)
+    else:
+        logger.info("MLflow run %s, model version %s", record.run_id, record.model_version)
+    return record
+
+
+@task(**_OPTIONS)
+def sync_registry_aliases(kb: str) -> str | None:
+    """Point the champion/challenger aliases at the live/canary versions; return a warning."""
+    settings = Settings()
+    if not settings.tracking:
+        return None
+    warning = records.sync_aliases(settings, kb)
+    if warning:
+        get_run_logger().warning("%s", warning)
+    return warning
