@@ -1,4 +1,4 @@
-"""Serve both flows from this process: ``python -m deployments.serve``.
+"""Serve the kbrefresh flows from this process: ``python -m deployments.serve``.
 
 Works against whatever Prefect API is configured (``PREFECT_API_URL``: a local
 ``prefect server start`` or Prefect Cloud). No work pool or worker is needed: this
@@ -8,7 +8,8 @@ process polls for scheduled and triggered runs and executes them itself.
 ``KBREFRESH_SERVE_KB`` (default ``helpcenter``) and ``source`` from
 ``KBREFRESH_SERVE_SOURCE`` (default: the bundled sample help center), and on every
 ``kbrefresh.retrain.requested`` event. ``rollback-kb`` has no schedule: run it from
-the UI or ``prefect deployment run 'rollback-kb/rollback-kb'``.
+the UI or ``prefect deployment run 'rollback-kb/rollback-kb'``. ``retraining-check``
+runs daily (``0 6 * * *`` UTC) with the same ``kb`` and ``source``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from prefect.settings import PREFECT_API_URL
 
 import kbrefresh
 from flows import RefreshParameters, rollback_kb, scheduled_refresh
+from flows.retraining_check import retraining_check
 
 MONTHLY_CRON = "0 0 1 * *"
+DAILY_CHECK_CRON = "0 6 * * *"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."
 SAMPLE_SOURCE = Path(kbrefresh.__file__).resolve().parent / "samples" / "helpcenter" / "base"
@@ -63,7 +66,7 @@ def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
 
 
 def build_deployments() -> list[RunnerDeployment]:
-    """Return the two served deployments; invalid defaults fail here, before serving."""
+    """Return the served deployments; invalid defaults fail here, before serving."""
     defaults = RefreshParameters(
         kb=os.environ.get("KBREFRESH_SERVE_KB", "helpcenter"),
         source=os.environ.get("KBREFRESH_SERVE_SOURCE", str(SAMPLE_SOURCE)),
@@ -79,11 +82,17 @@ def build_deployments() -> list[RunnerDeployment]:
     rollback = cast(
         RunnerDeployment, rollback_kb.to_deployment(name="rollback-kb", tags=["kbrefresh"])
     )
-    return [refresh, rollback]
+    check = cast(RunnerDeployment, retraining_check.to_deployment(
+        name="retraining-check",
+        schedules=[Cron(DAILY_CHECK_CRON, timezone="UTC")],
+        parameters={"params": {"kb": defaults.kb, "source": defaults.source}},
+        tags=["kbrefresh"],
+    ))
+    return [refresh, rollback, check]
 
 
 def main() -> None:
-    """Serve both deployments until interrupted (schedules are paused on shutdown)."""
+    """Serve the deployments until interrupted (schedules are paused on shutdown)."""
     deployments = build_deployments()
     logger.info(
         "serving %s against %s; scheduled-refresh runs %r UTC and on %r events",

@@ -105,6 +105,9 @@ def _print_report(report: RefreshReport) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    if report.mlflow_run_id:
+        registered = f", model version {report.model_version}" if report.model_version else ""
+        console.print(escape(f"MLflow run {report.mlflow_run_id}{registered} (alias champion)"))
     was = f" (was v{report.from_version})" if report.from_version else ""
     console.print(f"live version of {escape(repr(report.kb))}: [bold]v{report.live_version}[/]{was}"
                   + (f"; archived {report.archived}" if report.archived else ""))
@@ -184,7 +187,13 @@ def demo(
         console.rule(f"month 2: {changes}")
         _print_report(_run_refresh(settings, kb, str(work), reason="demo: monthly refresh"))
         _print_hits(settings, kb, question, 5)
-    console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`")
+    console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`,"
+                  " `kbrefresh eval --kb helpcenter`")
+    if settings.tracking:
+        from kbrefresh.tracking import tracking_uri
+
+        console.print(escape(f"MLflow store: {tracking_uri(settings)} (browse it with "
+                             f"`pip install mlflow && mlflow ui --backend-store-uri {tracking_uri(settings)}`)"))
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
