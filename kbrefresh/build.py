@@ -56,6 +56,8 @@ def start_version(
         )
     _revert_abandoned(conn, kb_id, fp)
     if resumed is not None:
+        # Redo the build from the base; vectors it already wrote stay reusable by hash.
+        revert_version_rows(conn, fp.table, resumed)
         conn.execute(
             "UPDATE kb_versions SET source = %s, flow_run_id = %s, error = NULL "
             "WHERE kb_id = %s AND version = %s",
@@ -189,35 +191,31 @@ def unchanged_documents(
     return {d.doc_id for d in docs if base.get(d.doc_id) == d.content_hash}
 
 
-def stage_unchanged_chunks(
-    conn: Conn, kb_id: int, version: int, table: str, base_version: int, doc_ids: set[str]
+def record_touched_documents(
+    conn: Conn, kb_id: int, version: int, table: str, doc_ids: set[str], *, full: bool
 ) -> int:
-    """Stage the chunks of unchanged documents from ``base_version`` inside Postgres.
-
-    Same document hash under the same fingerprint (chunker included) means the same
-    chunks, so they are neither re-chunked in Python nor sent back over the wire.
-    """
-    if not doc_ids:
-        return 0
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_unchanged (doc_id text PRIMARY KEY) ON COMMIT DROP")
-    with conn.cursor().copy("COPY tmp_unchanged (doc_id) FROM STDIN") as copy:
+    """Store which documents this build may change; ``full`` adds every doc with open rows."""
+    conn.execute("DELETE FROM kb_build_docs WHERE kb_id = %s AND version = %s", (kb_id, version))
+    with conn.cursor().copy("COPY kb_build_docs (kb_id, version, doc_id) FROM STDIN") as copy:
         for doc_id in doc_ids:
-            copy.write_row((doc_id,))
-    staged = conn.execute(
-        sql.SQL(
-            "INSERT INTO kb_build_chunks (kb_id, version, doc_id, chunk_index, content, embed_text,"
-            " content_hash, metadata) SELECT %(kb_id)s, %(new)s, c.doc_id, c.chunk_index, c.content,"
-            " '', c.content_hash, c.metadata FROM {} c JOIN tmp_unchanged u ON u.doc_id = c.doc_id"
-            " WHERE "
-        ).format(sql.Identifier(table)) + in_version(),
-        {"kb_id": kb_id, "new": version, "version": base_version},
-    ).rowcount
-    conn.execute("DROP TABLE tmp_unchanged")
-    return staged
+            copy.write_row((kb_id, version, doc_id))
+    if full:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO kb_build_docs (kb_id, version, doc_id) SELECT DISTINCT %s, %s, o.doc_id"
+                " FROM {} o WHERE o.valid_to IS NULL ON CONFLICT DO NOTHING"
+            ).format(sql.Identifier(table)),
+            (kb_id, version),
+        )
+    row = conn.execute(
+        "SELECT count(*) AS n FROM kb_build_docs WHERE kb_id = %s AND version = %s", (kb_id, version)
+    ).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def clear_staging(conn: Conn, kb_id: int, version: int) -> None:
     conn.execute("DELETE FROM kb_build_chunks WHERE kb_id = %s AND version = %s", (kb_id, version))
+    conn.execute("DELETE FROM kb_build_docs WHERE kb_id = %s AND version = %s", (kb_id, version))
 
 
 @dataclass(frozen=True)
@@ -248,6 +246,10 @@ _OPEN_MATCH = (
     "AND o.chunk_index = s.chunk_index AND o.content_hash = s.content_hash)"
 )
 _HASH_KNOWN = "EXISTS (SELECT 1 FROM {t} x WHERE x.content_hash = s.content_hash)"
+_TOUCHED = (
+    "o.doc_id IN (SELECT d.doc_id FROM kb_build_docs d"
+    " WHERE d.kb_id = %(kb_id)s AND d.version = %(version)s)"
+)
 
 
 def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
@@ -272,7 +274,8 @@ def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
     ).fetchone()
     open_rows = conn.execute(
         sql.SQL(
-            "SELECT count(*) AS open, count(*) FILTER (WHERE NOT EXISTS ("
+            "SELECT count(*) AS open, count(*) FILTER (WHERE NOT " + _TOUCHED + ") AS untouched,"
+            " count(*) FILTER (WHERE " + _TOUCHED + " AND NOT EXISTS ("
             " SELECT 1 FROM kb_build_chunks s WHERE " + _STAGED + " AND s.doc_id = o.doc_id"
             " AND s.chunk_index = o.chunk_index AND s.content_hash = o.content_hash)) AS replaced"
             " FROM {t} o WHERE o.valid_to IS NULL"
@@ -280,10 +283,11 @@ def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
         params,
     ).fetchone()
     assert counts is not None and texts is not None and open_rows is not None
+    untouched = int(open_rows["untouched"])
     return BuildPlan(
         version=version,
-        chunks_total=int(counts["total"]),
-        unchanged=int(counts["unchanged"]),
+        chunks_total=int(counts["total"]) + untouched,
+        unchanged=int(counts["unchanged"]) + untouched,
         reusable=int(counts["reusable"]),
         to_embed_chunks=int(counts["to_embed"]),
         to_embed_texts=int(texts["n"]),
@@ -299,7 +303,8 @@ def apply_reuse(conn: Conn, kb_id: int, version: int, table: str) -> tuple[int, 
     params = {"kb_id": kb_id, "version": version}
     closed = conn.execute(
         sql.SQL(
-            "UPDATE {t} o SET valid_to = %(version)s WHERE o.valid_to IS NULL AND NOT EXISTS ("
+            "UPDATE {t} o SET valid_to = %(version)s WHERE o.valid_to IS NULL AND " + _TOUCHED +
+            " AND NOT EXISTS ("
             " SELECT 1 FROM kb_build_chunks s WHERE " + _STAGED + " AND s.doc_id = o.doc_id"
             " AND s.chunk_index = o.chunk_index AND s.content_hash = o.content_hash)"
         ).format(t=t),

@@ -149,6 +149,9 @@ def refresh_kb(
     max_age_days: Annotated[float | None, typer.Option(min=0.001)] = 365.0,
     max_chars: Annotated[int, typer.Option(min=100, max=20000)] = 1200,
     overlap_chars: Annotated[int, typer.Option(min=0, max=5000)] = 150,
+    header_template: Annotated[str, typer.Option(
+        help="Text embedded per chunk: {title}, {section}, {category}, {text}.")] =
+        ChunkerConfig().header_template,
     keep: Annotated[int | None, typer.Option(help="Versions to keep (live included).")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running refresh.")] = 0.0,
     policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
@@ -159,7 +162,8 @@ def refresh_kb(
         report = _run_refresh(
             settings, kb, source, query=query, keep_versions=keep, lock_wait_seconds=wait,
             policy=load_policy(policy) if policy else None,
-            chunker=ChunkerConfig(max_chars=max_chars, overlap_chars=overlap_chars),
+            chunker=ChunkerConfig(max_chars=max_chars, overlap_chars=overlap_chars,
+                                  header_template=header_template),
             quality=QualityPolicy(max_shrink=max_shrink, max_age_days=max_age_days),
         )
         _print_report(report)

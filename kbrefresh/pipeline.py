@@ -158,18 +158,42 @@ def prepare_data(
         changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
         base = None if ticket.fingerprint_changed else ticket.live_version
         same = build.unchanged_documents(conn, ticket.kb_id, base, loaded.documents)
-        to_chunk = [d for d in loaded.documents if d.doc_id not in same]
-        staged = build.stage_chunks(
-            conn, ticket.kb_id, ticket.version, chunk_documents(to_chunk, chunker or ChunkerConfig())
-        )
-        if base is not None:
-            staged += build.stage_unchanged_chunks(
-                conn, ticket.kb_id, ticket.version, ticket.table, base, same
-            )
-        store.set_status(conn, ticket.kb_id, ticket.version, "building", quality=report.to_dict())
+        current = {d.doc_id for d in loaded.documents}
+        touched = (current - same) | (_base_doc_ids(conn, ticket.kb_id, base) - current)
+        build.record_touched_documents(conn, ticket.kb_id, ticket.version, ticket.table,
+                                       touched, full=base is None)
+        # Unchanged documents keep their rows: they are neither re-chunked nor staged.
+        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, chunk_documents(
+            [d for d in loaded.documents if d.doc_id not in same], chunker or ChunkerConfig()))
+        total = staged + _untouched_chunks(conn, ticket, base)
+        store.set_status(conn, ticket.kb_id, ticket.version, "building", quality=report.to_dict(),
+                         counts={"expected_chunks": total, "staged_chunks": staged,
+                                 "touched_documents": len(touched)})
         tag = store.version_row(conn, ticket.kb_id, ticket.version)["dataset_tag"]
         conn.commit()
-    return PrepareResult(tag, len(loaded.documents), staged, changes, report.to_dict())
+    return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
+
+
+def _base_doc_ids(conn: store.Conn, kb_id: int, base: int | None) -> set[str]:
+    if base is None:
+        return set()
+    return {r["doc_id"] for r in conn.execute(
+        "SELECT doc_id FROM kb_version_documents WHERE kb_id = %s AND version = %s", (kb_id, base)
+    ).fetchall()}
+
+
+def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -> int:
+    """Count the base version's chunks of documents this build does not touch."""
+    if base is None:
+        return 0
+    row = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM {} c WHERE ").format(sql.Identifier(ticket.table))
+        + store.in_version() + sql.SQL(
+            " AND c.doc_id NOT IN (SELECT doc_id FROM kb_build_docs"
+            " WHERE kb_id = %(kb_id)s AND version = %(new)s)"),
+        {"version": base, "kb_id": ticket.kb_id, "new": ticket.version},
+    ).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def _live_doc_count(conn: store.Conn, ticket: BuildTicket) -> int | None:
@@ -227,7 +251,8 @@ def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, An
         indexed = store.build_vector_index(conn, ticket.table, ticket.dims, settings.maintenance_work_mem)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(ticket.table)))
         stats = store.version_stats(conn, ticket.table, ticket.version)
-        all_counts = counts | stats | {"hnsw_index": indexed}
+        previous = store.version_row(conn, ticket.kb_id, ticket.version)["counts"] or {}
+        all_counts = previous | counts | stats | {"hnsw_index": indexed}
         store.set_status(conn, ticket.kb_id, ticket.version, "candidate", counts=all_counts,
                          finished_at=datetime.now(UTC))
     return all_counts
@@ -239,13 +264,10 @@ def smoke_validate(
     """Run smoke checks; a failure marks the version rejected (live stays untouched)."""
     embedder = embedder or make_embedder(settings)
     with connect(settings) as conn:
-        expected = conn.execute(
-            "SELECT count(*) AS n FROM kb_build_chunks WHERE kb_id = %s AND version = %s",
-            (ticket.kb_id, ticket.version),
-        ).fetchone()
+        counts = store.version_row(conn, ticket.kb_id, ticket.version)["counts"] or {}
         fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
         result = smoke_check(conn, ticket.kb_id, ticket.version, fp, embedder,
-                             expected_chunks=int(expected["n"]) if expected else 0)
+                             expected_chunks=int(counts.get("expected_chunks", 0)))
         status = "candidate" if result.passed else "rejected"
         store.set_status(conn, ticket.kb_id, ticket.version, status, smoke=result.as_dict(),
                          error=None if result.passed else "; ".join(result.failures))

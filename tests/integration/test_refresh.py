@@ -344,3 +344,24 @@ def test_vectors_are_unit_and_finite(settings: Settings, corpus: Path) -> None:
         rows = conn.execute('SELECT embedding FROM "kb_kb_live"').fetchall()
     norms = [float(np.linalg.norm(r["embedding"].to_numpy())) for r in rows]
     assert norms and all(abs(n - 1) < 1e-5 for n in norms)
+
+
+def test_resume_after_the_source_changed_back_serves_the_source_as_it_is_now(
+    settings: Settings, corpus: Path
+) -> None:
+    run(settings, "kb", corpus)
+    original = (corpus / "general/doc-000.md").read_text("utf-8")
+    rng = __import__("random").Random(5)
+    (corpus / "general/doc-000.md").write_text(markdown_doc("Edited", "general", rng), "utf-8")
+    embedder = OfflineEmbedder(dims=64)
+    fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
+    with pipeline.refresh_lock(settings, "kb"):  # dies after writing doc-000's new rows
+        ticket = pipeline.begin_build(settings, "kb", fp, source=str(corpus), flow_run_id=None)
+        pipeline.prepare_data(settings, ticket, str(corpus))
+        pipeline.reuse_unchanged(settings, ticket)
+        pipeline.embed_changed(settings, ticket, embedder=embedder)
+    (corpus / "general/doc-000.md").write_text(original, "utf-8")
+
+    report = run(settings, "kb", corpus)
+    assert report.resumed and report.version == 2
+    assert version_rows(settings, "kb", 2) == chunk_hashes(corpus) == version_rows(settings, "kb", 1)
