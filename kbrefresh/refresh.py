@@ -89,13 +89,17 @@ def refresh(
     fingerprint = pipeline.fingerprint_for(embedder, chunker)
     seconds: dict[str, float] = {}
     with pipeline.refresh_lock(settings, kb, wait_seconds=lock_wait_seconds):
+        t = time.perf_counter()
         ticket = pipeline.begin_build(settings, kb, fingerprint, source=source, flow_run_id=flow_run_id)
+        seconds["begin"] = time.perf_counter() - t
         try:
             t = time.perf_counter()
             prepared = pipeline.prepare_data(settings, ticket, source, query=query, chunker=chunker,
                                              quality=quality)
             seconds["prepare"] = time.perf_counter() - t
+            t = time.perf_counter()
             plan = pipeline.plan_build(settings, ticket)
+            seconds["plan"] = time.perf_counter() - t
             if on_plan:
                 on_plan(plan)
             t = time.perf_counter()
@@ -122,6 +126,7 @@ def refresh(
         except BaseException as exc:
             pipeline.fail_build(settings, ticket, exc)
             raise
+        t = time.perf_counter()
         record = (records.record_build(
             settings, ticket, source=source, counts=counts | {
                 "documents": prepared.documents, "chunks": prepared.chunks,
@@ -129,12 +134,17 @@ def refresh(
                 "documents_deleted": prepared.changes.deleted},
             seconds=seconds, estimated_tokens=plan.estimated_tokens, outcome=gate,
             quality=prepared.quality) if settings.tracking else records.BuildRecord(None, None))
+        seconds["track"] = time.perf_counter() - t
         if gate is None or not gate.verdict.passed:
             raise GateFailed(pipeline.rejection_message(ticket, smoke, gate),
                              verdict=gate.as_dict() if gate else smoke.as_dict())
+        t = time.perf_counter()
         published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
                                      keep_versions=keep_versions)
+        seconds["publish"] = time.perf_counter() - t
+    t = time.perf_counter()
     registry_warning = records.sync_aliases(settings, kb) if settings.tracking else None
+    seconds["registry"] = time.perf_counter() - t
     return make_report(ticket, prepared, plan, stats, (closed, copied), published, seconds,
                        outcome=gate, record=record, registry_warning=registry_warning)
 

@@ -20,7 +20,8 @@ from deployments.serve import SAMPLE_SOURCE
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("scheduled-refresh/scheduled-refresh", "rollback-kb/rollback-kb")
+NAMES = ("scheduled-refresh/scheduled-refresh", "rollback-kb/rollback-kb",
+         "retraining-check/retraining-check")
 
 
 def test_serve_registers_both_flows_without_a_work_pool(prefect_harness: str) -> None:
@@ -47,7 +48,7 @@ def test_serve_registers_both_flows_without_a_work_pool(prefect_harness: str) ->
         "expect": {"kbrefresh.retrain.requested"},
         "match": {"prefect.resource.id": "kbrefresh.kb.*"},
     }
-    assert "serving 'scheduled-refresh', 'rollback-kb' against" in output, output
+    assert "serving 'scheduled-refresh', 'rollback-kb', 'retraining-check' against" in output, output
 
 
 def _delete_deployments() -> None:
@@ -67,7 +68,7 @@ def _wait_for_registration(
         while True:
             assert server.poll() is None, server.communicate()[0]
             try:
-                refresh, rollback = (client.read_deployment_by_name(name) for name in NAMES)
+                refresh, rollback, _check = (client.read_deployment_by_name(n) for n in NAMES)
                 automations = client.read_resource_related_automations(
                     f"prefect.deployment.{refresh.id}"
                 )

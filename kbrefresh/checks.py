@@ -1,0 +1,386 @@
+"""One retraining check: measure every signal, decide, record the decision, explain it.
+
+``run_check`` reads the signals (``kbrefresh.signals``), runs the playbook decision
+tree (``kbrefresh.triggers.decide``) and stores a ``retrain_decisions`` row. What to
+do about the decision (events, a scheduled refresh, a local refresh) is up to the
+caller; the helpers at the bottom say what the playbook asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kbrefresh import signals as measure
+from kbrefresh import store
+from kbrefresh.db import connect
+from kbrefresh.errors import ConfigError
+from kbrefresh.quality import QualityReport
+from kbrefresh.settings import Settings
+from kbrefresh.triggers import (
+    Action,
+    Decision,
+    Signal,
+    TriggerPolicy,
+    decide,
+    quality_signal,
+)
+
+logger = logging.getLogger(__name__)
+
+POLICY_SUFFIXES = (".yaml", ".yml", ".toml")
+DRIFT_EVENT = "kbrefresh.drift.detected"
+PERFORMANCE_EVENT = "kbrefresh.performance.degraded"
+RETRAIN_EVENT = "kbrefresh.retrain.requested"
+KB_RESOURCE_PREFIX = "kbrefresh.kb."
+# When a retrain is due later, the refresh is scheduled this many days ahead.
+SCHEDULE_DELAY_DAYS = {Action.WITHIN_WEEK: 6.0, Action.SCHEDULE: 20.0}
+_MAX_REASON_CHARS = 500  # RefreshParameters.reason's limit
+
+
+class CheckOptions(BaseModel):
+    """Windows and cut-offs of the measurements (the bands are in ``TriggerPolicy``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coverage_cutoff: float = Field(default=0.3, ge=-1, le=1)
+    drift_window_days: float = Field(default=7, gt=0)
+    drift_reference_days: float = Field(default=28, gt=0)
+    satisfaction_window_days: float = Field(default=7, gt=0)
+    satisfaction_baseline_days: float = Field(default=28, gt=0)
+    n_clusters: int = Field(default=8, ge=2, le=64)
+    golden: bool = True
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            problems = [
+                f"check option {'.'.join(map(str, e['loc']))}={e['input']!r} is invalid: "
+                f"{e['msg'][:1].lower()}{e['msg'][1:]}"
+                for e in exc.errors()
+            ]
+            raise ConfigError("; ".join(problems)) from exc
+
+
+def load_check_policy(path: str | Path) -> tuple[TriggerPolicy, CheckOptions]:
+    """Read per-KB trigger thresholds and check options from one flat YAML or TOML file.
+
+    Raises:
+        ConfigError: the file is missing, does not parse, or has unknown or invalid keys.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in POLICY_SUFFIXES:
+        raise ConfigError(f"unsupported policy file {path.name!r}; expected one of: "
+                          f"{', '.join(POLICY_SUFFIXES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid TOML ({exc})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path.name}{where}: invalid YAML "
+                          f"({getattr(exc, 'problem', None) or exc})") from exc
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: expected a mapping of keys, got {type(data).__name__}")
+    known = set(TriggerPolicy.model_fields) | set(CheckOptions.model_fields)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path.name}: unknown key {unknown[0]!r}; valid keys: "
+                          f"{', '.join(sorted(known))}")
+    try:
+        policy = TriggerPolicy(**{k: v for k, v in data.items() if k in TriggerPolicy.model_fields})
+        options = CheckOptions(**{k: v for k, v in data.items() if k in CheckOptions.model_fields})
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from exc
+    return policy, options
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Every measurement of one check, the decision, and the id of its stored row."""
+
+    kb: str
+    checked_at: datetime
+    decision: Decision
+    days_since_build: float | None
+    satisfaction: measure.Satisfaction
+    golden: measure.GoldenAccuracy | None
+    drift: measure.QueryDrift
+    volume: measure.SourceVolume | None
+    decision_id: int | None = None
+    dispatched: dict[str, Any] | None = None
+
+    @property
+    def performance(self) -> Signal | None:
+        """The most urgent performance signal (satisfaction or golden accuracy)."""
+        perf = [s for s in self.decision.signals if s.name == "performance"]
+        return min(perf, key=lambda s: s.urgency_rank) if perf else None
+
+    @property
+    def retrain_reason(self) -> str:
+        driver = self.decision.driver
+        return f"{driver.name}: {driver.reason}"[:_MAX_REASON_CHARS]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON stored in ``retrain_decisions.signals``."""
+        sat, golden, volume = self.satisfaction, self.golden, self.volume
+        return self.decision.as_dict() | {
+            "kb": self.kb,
+            "checked_at": self.checked_at.isoformat(),
+            "days_since_build": self.days_since_build,
+            "satisfaction": _plain(sat),
+            "golden": _plain(golden) if golden else None,
+            "drift": self.drift.as_dict(),
+            "volume": None if volume is None else _plain(volume) | {
+                "new_samples": volume.new_samples, "quality": volume.quality.to_dict()},
+        }
+
+    def to_markdown(self) -> str:
+        """Render the check for operators: decision, driver, every signal, drift segments."""
+        d = self.decision
+        lines = [
+            (f"# Retraining check of {escape_markdown(repr(self.kb))}: "
+             f"{d.action.value} ({d.urgency})"),
+            "",
+            f"**Decision:** {escape_markdown(d.summary)}",
+            "",
+            f"**Driven by:** {d.driver.name}{' (alert)' if d.alert else ''}",
+            "",
+            "| signal | value | severity | action | reason |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for s in d.signals:
+            mark = " ⬅" if s is d.driver else ""
+            lines.append(f"| {s.name}{mark} | {_num(s.value)} | {s.severity} | {s.action.value} "
+                         f"| {escape_markdown(s.reason)} |")
+        return "\n".join(lines + _drift_lines(self.drift) + _detail_lines(self)) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _drift_lines(drift: measure.QueryDrift) -> list[str]:
+    lines = [
+        "", "## Query drift", "",
+        (f"{drift.reference_size} reference queries, {drift.current_size} recent; "
+         f"{escape_markdown(drift.reason)}"), "",
+        "| view | KL | PSI | JS | severity | grown segments |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in drift.views:
+        grown = ", ".join(escape_markdown(g) for g in v.grown) or "-"
+        lines.append(f"| {v.view} | {_num(v.kl)} | {_num(v.psi)} | {_num(v.js)} | {v.severity} "
+                     f"| {grown} |")
+    cov = drift.coverage
+    lines += ["", (f"Coverage: share of queries with top similarity below {cov.cutoff:g}: "
+                   f"{_num(cov.reference_share_below)} → {_num(cov.current_share_below)}")]
+    return lines
+
+
+def _detail_lines(result: CheckResult) -> list[str]:
+    sat, golden, volume = result.satisfaction, result.golden, result.volume
+    built = result.days_since_build
+    lines = [
+        "", "## Feedback, accuracy, data", "",
+        f"- Last build: {'never' if built is None else f'{built:.1f} days ago'}",
+        (f"- Satisfaction: {_num(sat.baseline)} (n={sat.n_baseline}, {sat.baseline_days:g} days "
+         f"before) → {_num(sat.current)} (n={sat.n_current}, last {sat.window_days:g} days)"),
+    ]
+    if golden is None:
+        lines.append("- Golden accuracy: not measured (no validated live version to compare)")
+    else:
+        lines.append(f"- Golden {golden.metric} of v{golden.version}: {golden.baseline:.3f} when "
+                     f"validated → {golden.current:.3f} now ({golden.n_queries} queries)")
+    if volume is None:
+        lines.append("- Source: not checked (no source given)")
+    else:
+        verdict = "passed" if volume.quality.passed else "FAILED"
+        lines.append(f"- Source {escape_markdown(repr(volume.source))}: {volume.documents} "
+                     f"documents, {volume.new} new, {volume.changed} changed, {volume.deleted} "
+                     f"deleted since v{volume.live_version}; quality {verdict}")
+    if result.dispatched is not None:
+        lines.append(f"- Dispatched: {escape_markdown(json.dumps(result.dispatched, default=str))}")
+    if result.decision_id is not None:
+        lines.append(f"- Recorded as retrain decision {result.decision_id}")
+    return lines
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    return {name: item for name, item in asdict(value).items() if name != "quality"}
+
+
+def run_check(
+    settings: Settings,
+    kb: str,
+    *,
+    source: str | None,
+    query: str | None = None,
+    policy: TriggerPolicy | None = None,
+    options: CheckOptions | None = None,
+    now: datetime | None = None,
+    record: bool = True,
+) -> CheckResult:
+    """Measure every signal of ``kb``, decide, and (with ``record``) store the decision.
+
+    Without ``source`` the volume and quality signals are not measured.
+
+    Raises:
+        VersionError: ``kb`` does not exist.
+        SourceError: ``source`` cannot be read.
+    """
+    policy = policy or TriggerPolicy()
+    options = options or CheckOptions()
+    now = now or datetime.now(UTC)
+    with connect(settings) as conn:
+        kb_id = store.get_kb_id(conn, kb)
+        days = measure.days_since_last_build(conn, kb_id, now)
+        sat = measure.satisfaction_windows(conn, kb_id, now, options.satisfaction_window_days,
+                                           options.satisfaction_baseline_days)
+        drift = measure.query_drift(
+            conn, kb_id, now, options.drift_window_days, options.drift_reference_days,
+            policy.drift_min_samples, options.n_clusters, coverage_cutoff=options.coverage_cutoff,
+            kl_thresholds=(policy.drift_moderate_kl, policy.drift_severe_kl),
+        )
+    golden = measure.golden_accuracy_drop(settings, kb) if options.golden else None
+    volume = measure.source_volume(settings, kb, source, query, now=now) if source else None
+    decision = decide(_signals(policy, days, sat, golden, drift, volume))
+    result = CheckResult(kb, now, decision, days, sat, golden, drift, volume)
+    logger.info("check of %r: %s", kb, decision.summary)
+    return record_decision(settings, result) if record else result
+
+
+def _signals(
+    policy: TriggerPolicy,
+    days: float | None,
+    sat: measure.Satisfaction,
+    golden: measure.GoldenAccuracy | None,
+    drift: measure.QueryDrift,
+    volume: measure.SourceVolume | None,
+) -> list[Signal]:
+    """Signals in tie-break order: the first of equally urgent signals drives.
+
+    Quality comes last: failing, it outranks everything anyway; passing, it says nothing.
+    """
+    found: list[Signal] = []
+    perf = policy.performance(sat.baseline, sat.current, n_baseline=sat.n_baseline,
+                              n_current=sat.n_current)
+    found.append(replace(perf, reason=f"satisfaction {perf.reason}"))
+    if golden is not None:
+        n = golden.n_queries
+        perf = policy.performance(golden.baseline, golden.current, n_baseline=n, n_current=n)
+        found.append(replace(perf, reason=f"golden {golden.metric} of v{golden.version} "
+                                          f"{perf.reason}"))
+    found.append(_drift_signal(policy, drift))
+    if volume is not None:
+        found.append(policy.volume(volume.new_samples))
+    found.append(policy.time(days))
+    if volume is not None:
+        found.append(quality_signal(volume.quality.passed, _quality_reason(volume.quality)))
+    return found
+
+
+def _drift_signal(policy: TriggerPolicy, drift: measure.QueryDrift) -> Signal:
+    signal = policy.drift(drift.kl, inconclusive=drift.inconclusive)
+    if drift.inconclusive:
+        return replace(signal, reason=f"inconclusive: {drift.reason}")
+    view = next(v for v in drift.views if v.kl == drift.kl)
+    grown = f"; grew: {', '.join(str(g) for g in drift.grown)}" if drift.grown else ""
+    return replace(signal, reason=f"{view.view} {signal.reason}{grown}")
+
+
+def _quality_reason(report: QualityReport) -> str:
+    if report.passed:
+        return f"{report.doc_count} documents passed the quality checks"
+    shown = "; ".join(issue.message for issue in report.errors[:3])
+    noun = "error" if len(report.errors) == 1 else "errors"
+    return f"{len(report.errors)} quality {noun}: {shown}"
+
+
+def record_decision(
+    settings: Settings,
+    result: CheckResult,
+    *,
+    dispatched: dict[str, Any] | None = None,
+    flow_run_id: str | None = None,
+) -> CheckResult:
+    """Store ``result`` as a ``retrain_decisions`` row; return it with ``decision_id`` set."""
+    d = result.decision
+    payload = json.loads(json.dumps(result.as_dict(), default=str))
+    with connect(settings) as conn:
+        row = conn.execute(
+            "INSERT INTO retrain_decisions (kb_id, decided_at, action, urgency, driver, summary,"
+            " signals, dispatched, flow_run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING id",
+            (store.get_kb_id(conn, result.kb), result.checked_at, d.action.value, d.urgency,
+             d.driver.name, d.summary, Jsonb(payload),
+             Jsonb(dispatched) if dispatched is not None else None, flow_run_id),
+        ).fetchone()
+        conn.commit()
+    assert row is not None
+    return replace(result, decision_id=int(row["id"]), dispatched=dispatched)
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """A Prefect event to emit: name, resource and payload."""
+
+    event: str
+    resource: dict[str, str]
+    payload: dict[str, Any]
+
+
+def kb_resource(kb: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{KB_RESOURCE_PREFIX}{kb}", "prefect.resource.name": kb}
+
+
+def planned_events(
+    result: CheckResult, source: str | None, *, request_retrain: bool
+) -> tuple[PlannedEvent, ...]:
+    """Events the playbook asks for: drift detected, performance degraded, retrain requested.
+
+    A retrain is requested (by event) only for RUN_NOW and WITHIN_24H; later retrains
+    are scheduled instead (``SCHEDULE_DELAY_DAYS``). ``source`` is left out of the
+    payload when unknown, so the refresh trigger falls back to its default source.
+    """
+    kb, drift, perf = result.kb, result.drift, result.performance
+    events = []
+    if drift.severity in ("moderate", "severe"):
+        events.append(PlannedEvent(DRIFT_EVENT, kb_resource(kb), {
+            "kb": kb, "kl": drift.kl, "severity": drift.severity,
+            "segments": [str(g) for g in drift.grown]}))
+    if perf is not None and perf.severity in ("warning", "critical"):
+        events.append(PlannedEvent(PERFORMANCE_EVENT, kb_resource(kb), {
+            "kb": kb, "drop_pct": perf.value, "band": perf.severity, "reason": perf.reason}))
+    action = result.decision.action
+    if request_retrain and action in (Action.RUN_NOW, Action.WITHIN_24H):
+        payload = {"kb": kb, "reason": result.retrain_reason, "urgency": result.decision.urgency,
+                   "action": action.value, "segment": drift.segment}
+        if source is not None:
+            payload["source"] = source
+        events.append(PlannedEvent(RETRAIN_EVENT, kb_resource(kb), payload))
+    return tuple(events)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def escape_markdown(text: object) -> str:
+    """Return ``text`` safe inside a markdown paragraph or table cell."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\r", " ").replace("\n", " ")
