@@ -360,6 +360,8 @@ def embed_missing(
     batch: list[dict[str, Any]] = []
     hashes = 0
     with reader.transaction(), reader.cursor(name="kbrefresh_embed") as cur:
+        # Sorting staged rows by hash in memory instead of spilling to disk.
+        reader.execute("SET LOCAL work_mem = '256MB'")
         cur.itersize = max(batch_size * 2, 512)
         cur.execute(query, {"kb_id": kb_id, "version": version})
         for row in cur:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
@@ -58,9 +59,27 @@ def _embedded_url(data_dir: Path) -> str:
                 "set KBREFRESH_DATABASE_URL to use another server"
             ) from exc
         uri = server.get_uri()
+        _tune_embedded(uri)
         _embedded_uri[pgdata] = uri
         logger.info("embedded PostgreSQL running with data in %s", pgdata)
         return uri
+
+
+def _tune_embedded(uri: str) -> None:
+    """Give the embedded server (ours alone) enough shared buffers for vector indexes.
+
+    PostgreSQL's default of 128 MB is smaller than one 50k x 1536-d HNSW index, so
+    every filtered search re-reads index pages. ALTER SYSTEM takes effect at the next
+    start of the embedded server (each kbrefresh process starts and stops it).
+    """
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 4 * 2**30
+    buffers_mb = max(128, min(2048, ram // 4 // 2**20))
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(
+            sql.Literal(f"{buffers_mb}MB")))
 
 
 def database_url(settings: Settings) -> str:

@@ -43,9 +43,12 @@ def search_version(
         " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
     )
     with conn.transaction():
+        # The planner does not cost detoasting vectors, so on tables of a few thousand
+        # rows it picks a seq scan that reads every vector (measured 37 ms vs 3 ms with
+        # the HNSW index at 5k x 1536-d); without an index the seq scan still runs.
         conn.execute(
             "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
-            " set_config('hnsw.ef_search', %s, true)",
+            " set_config('hnsw.ef_search', %s, true), set_config('enable_seqscan', 'off', true)",
             (str(max(40, 2 * k)),),
         )
         rows = conn.execute(

@@ -27,6 +27,8 @@ from kbrefresh.sources import (
 )
 
 logger = logging.getLogger(__name__)
+# libyaml's safe loader parses front matter ~10x faster than the pure-Python one.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 FORMATS_BY_SUFFIX: Mapping[str, str] = {
     ".md": "markdown",
@@ -170,8 +172,12 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
             break
     else:
         raise _Problem("has front matter opened with '---' but never closed with '---'")
+    block = "\n".join(lines[1:index])
     try:
-        data = yaml.safe_load("\n".join(lines[1:index]))
+        try:
+            data = yaml.load(block, Loader=_SAFE_LOADER)
+        except yaml.YAMLError:
+            data = yaml.safe_load(block)  # rare: the pure loader words the error better
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         # +2: the mark is 0-based and counts from after the opening '---' line.
