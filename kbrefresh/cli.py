@@ -17,13 +17,6 @@ from rich.table import Table
 
 from kbrefresh import records, routing, store
 from kbrefresh.build import BuildPlan
-from kbrefresh.checks import (
-    SCHEDULE_DELAY_DAYS,
-    CheckResult,
-    load_check_policy,
-    record_decision,
-    run_check,
-)
 from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
 from kbrefresh.evaluation import load_golden, run_gate
@@ -34,7 +27,6 @@ from kbrefresh.quality import QualityPolicy
 from kbrefresh.refresh import RefreshReport, refresh
 from kbrefresh.retrieval import kb_overview, search_live
 from kbrefresh.settings import Settings
-from kbrefresh.triggers import Action
 
 app = typer.Typer(help="Keep a RAG knowledge base in PostgreSQL + pgvector fresh and safe.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -364,78 +356,9 @@ def rollback_cmd(
         err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
-@app.command(name="check")
-def check_cmd(
-    kb: KbOpt,
-    source: Annotated[str | None, typer.Option(
-        help="Directory, .csv/.parquet file, or SQLAlchemy URL (volume and quality signals).")] = None,
-    query: Annotated[str | None, typer.Option(help="SQL query when --source is a URL.")] = None,
-    policy: Annotated[Path | None, typer.Option(help="Trigger thresholds file (YAML/TOML).")] = None,
-    run: Annotated[bool, typer.Option("--run", help="Refresh now if the decision says so.")] = False,
-) -> None:
-    """Measure the retraining triggers of a KB, decide, and record the decision."""
-    settings = _settings()
-    with _errors():
-        thresholds, options = load_check_policy(policy) if policy else (None, None)
-        result = run_check(settings, kb, source=source, query=query, policy=thresholds,
-                           options=options, record=False)
-        _print_check(result)
-        action, delay = result.decision.action, SCHEDULE_DELAY_DAYS.get(result.decision.action)
-        due_now = action in (Action.RUN_NOW, Action.WITHIN_24H)
-        if run and due_now and source is None:
-            raise ConfigError(f"the decision is {action.value!r}: pass --source to refresh {kb!r}")
-        refreshing = run and due_now
-        record_decision(settings, result, dispatched={
-            "mode": "cli", "run": run, "refresh": "in-process" if refreshing else None})
-        if refreshing and source is not None:
-            _print_report(_run_refresh(settings, kb, source, query=query,
-                                       reason=result.retrain_reason))
-        elif delay is not None:
-            console.print(escape(f"would schedule a refresh in {delay:g} days (the retraining-check "
-                                 "flow does on Prefect); `kbrefresh refresh` runs one now"))
-        elif due_now:
-            console.print("a refresh is due now: rerun with --run --source PATH_OR_URL")
-        elif run:
-            blocked = action is Action.SKIP_BAD_DATA
-            console.print("nothing to run: " + ("bad source data blocks the retrain" if blocked
-                                                else "no retrain is due"))
-
-
-def _print_check(result: CheckResult) -> None:
-    d = result.decision
-    table = Table(title=escape(f"retraining check of {result.kb!r}"))
-    for col in ("signal", "value", "severity", "action", "reason"):
-        table.add_column(col, overflow="fold")
-    for s in d.signals:
-        name = f"[bold]{escape(s.name)} ←[/]" if s is d.driver else escape(s.name)
-        table.add_row(name, _num(s.value), s.severity, s.action.value, escape(s.reason))
-    console.print(table)
-    for view in result.drift.views:
-        grown = ", ".join(str(g) for g in view.grown) or "no segment grew"
-        console.print(escape(f"drift by {view.view}: KL {_num(view.kl)}, PSI {_num(view.psi)}, "
-                             f"JS {_num(view.js)} ({view.severity}); {grown}"), highlight=False)
-    style = "bold red" if d.alert else "bold"
-    console.print(f"[{style}]decision:[/] {escape(d.summary)}", highlight=False)
-
-
-registry_app = typer.Typer(help="The MLflow model registry of KB versions.", no_args_is_help=True)
-app.add_typer(registry_app, name="registry")
-
-
-@registry_app.command("sync")
-def registry_sync(
-    kb: Annotated[str | None, typer.Option("--kb", help="One KB (default: all).")] = None,
-) -> None:
-    """Repair the registry from the routing: champion = live, challenger = canary."""
-    from kbrefresh.tracking import sync_registry
-
-    settings = _settings()
-    with _errors():
-        changes = sync_registry(settings, kb)
-    for line in changes or ["registry already matches the routing"]:
-        console.print(escape(line))
-
-
 def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 
+
+# Registers `check` and `registry` on `app` (kept apart to keep this module small).
+from kbrefresh import _cli_ops  # noqa: F401

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +169,7 @@ def evaluate(
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
     vectors = {v: embedder_for(settings, dict(tables[v].spec)).embed([q.query for q in queries])
                for v in targets}
-    results, duplicated = _run(conn, queries, tables, vectors, depth)
+    results, duplicated = _run(settings, conn, queries, tables, vectors, depth)
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [
         f"duplicated chunk ids in the results of {q!r}" for q in duplicated[candidate][:5]
@@ -183,37 +186,70 @@ def evaluate(
 
 
 def _run(
+    settings: Settings,
     conn: store.Conn,
     queries: Sequence[GoldenQuery],
     tables: dict[int, store.FingerprintTable],
     vectors: dict[int, npt.NDArray[np.float32]],
     depth: int,
 ) -> tuple[dict[int, list[QueryResult]], dict[int, list[str]]]:
-    """Return each version's results and the queries whose hits repeated a chunk id."""
+    """Return each version's results and the queries whose hits repeated a chunk id.
+
+    Candidate and live run side by side on two connections in lockstep (query i on
+    both at once), so each sees the same load and the gate takes half the time.
+    """
     versions = list(tables)
-    for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
-        for v in versions:
-            search_version(conn, tables[v].table, v, vectors[v][i], k=depth)
-    results: dict[int, list[QueryResult]] = {v: [] for v in versions}
-    duplicated: dict[int, list[str]] = {v: [] for v in versions}
+    barrier = threading.Barrier(len(versions))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed search would land on one version only
     try:
-        for i, q in enumerate(queries):
-            order = versions if i % 2 == 0 else versions[::-1]
-            for v in order:
-                started = time.perf_counter()
-                hits = search_version(conn, tables[v].table, v, vectors[v][i], k=depth)
-                elapsed = (time.perf_counter() - started) * 1000
-                results[v].append(QueryResult(
-                    q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
-                    tuple(h.similarity for h in hits),
-                ))
-                if len({h.chunk_id for h in hits}) != len(hits):
-                    duplicated[v].append(q.query)
+        with ExitStack() as stack:
+            conns = [conn] + [stack.enter_context(connect(settings)) for _ in versions[1:]]
+            with ThreadPoolExecutor(len(versions)) as pool:
+                futures = [
+                    pool.submit(_run_version, c, queries, tables[v], v, vectors[v], depth, barrier)
+                    for c, v in zip(conns, versions, strict=True)
+                ]
+                errors = [e for e in (f.exception() for f in futures) if e is not None]
+                if errors:  # the root cause, not the other side's broken barrier
+                    raise next((e for e in errors if not isinstance(
+                        e, threading.BrokenBarrierError)), errors[0])
+                done = [f.result() for f in futures]
     finally:
         if gc_was_enabled:
             gc.enable()
+    return ({v: d[0] for v, d in zip(versions, done, strict=True)},
+            {v: d[1] for v, d in zip(versions, done, strict=True)})
+
+
+def _run_version(
+    conn: store.Conn,
+    queries: Sequence[GoldenQuery],
+    table: store.FingerprintTable,
+    version: int,
+    vectors: npt.NDArray[np.float32],
+    depth: int,
+    barrier: threading.Barrier,
+) -> tuple[list[QueryResult], list[str]]:
+    results: list[QueryResult] = []
+    duplicated: list[str] = []
+    try:
+        for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
+            search_version(conn, table.table, version, vectors[i], k=depth)
+        for i, q in enumerate(queries):
+            barrier.wait(timeout=60)
+            started = time.perf_counter()
+            hits = search_version(conn, table.table, version, vectors[i], k=depth)
+            elapsed = (time.perf_counter() - started) * 1000
+            results.append(QueryResult(
+                q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
+                tuple(h.similarity for h in hits),
+            ))
+            if len({h.chunk_id for h in hits}) != len(hits):
+                duplicated.append(q.query)
+    except BaseException:
+        barrier.abort()  # the other side must not wait for a query that never comes
+        raise
     return results, duplicated
 
 
