@@ -122,14 +122,15 @@ def _read_text(path: Path) -> str:
 def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
     text = _read_text(path)
     fields: dict[str, Any] = {}
+    title: str | None = None
     if fmt == "markdown":
         fields, text = _split_front_matter(text)
-        title = _markdown_title(text)
     elif fmt == "html":
         fields, title = _html_fields(text)
-    else:
-        title = None
-    title = _str_field(fields.pop("title", None)) or title or path.stem
+    title = _str_field(fields.pop("title", None)) or title
+    if title is None and fmt == "markdown":
+        title = _markdown_title(text)  # parsing is costly: only without a front-matter title
+    title = title or path.stem
     default_category = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_CATEGORY
     category = _str_field(fields.pop("category", None)) or default_category
     updated = fields.pop("updated", None)
@@ -145,7 +146,7 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
             ) from exc
     return Document(
         doc_id=str(rel.with_suffix("")),
-        uri=path.resolve().as_uri(),
+        uri=path.absolute().as_uri(),
         title=title,
         category=category,
         content=text,
