@@ -7,16 +7,21 @@ build goes on, the failure is logged and returned as a warning for the report, a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from kbrefresh import store
 from kbrefresh.db import connect
+from kbrefresh.errors import KBRefreshError
 from kbrefresh.evaluation import GateOutcome
 from kbrefresh.pipeline import BuildTicket
 from kbrefresh.settings import Settings
@@ -30,6 +35,33 @@ PRICE_PER_MILLION_TOKENS = {
     "text-embedding-ada-002": 0.10,
 }
 CHART = "metrics.png"
+
+
+def _tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking store or registry that is down, misconfigured or missing raises."""
+    errors: tuple[type[BaseException], ...] = (KBRefreshError, psycopg.Error, OSError, ImportError)
+    with contextlib.suppress(ImportError):
+        from mlflow.exceptions import MlflowException
+
+        errors += (MlflowException,)
+    return errors
+
+
+def warm_up() -> threading.Thread:
+    """Import MLflow and matplotlib in the background while a build loads data.
+
+    They take 1.5-2 s to import; the build's database-bound steps release the GIL,
+    so by the time the build is recorded they are loaded. Import errors surface
+    later, where the recording reports them.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(ImportError):
+            from kbrefresh import reports, tracking  # noqa: F401
+
+    thread = threading.Thread(target=load, name="kbrefresh-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass(frozen=True)
@@ -57,9 +89,9 @@ def record_build(
     quality: Mapping[str, Any] | None = None,
 ) -> BuildRecord:
     """Log the build as an MLflow run; register the version when it passed the gate."""
-    from kbrefresh import reports, tracking  # MLflow and matplotlib load in seconds: only here
-
     try:
+        from kbrefresh import reports, tracking  # MLflow and matplotlib load in seconds: only here
+
         with connect(settings) as conn:
             row = store.version_row(conn, ticket.kb_id, ticket.version)
             spec = dict(store.fingerprint_for_version(conn, ticket.kb_id, ticket.version).spec)
@@ -99,7 +131,7 @@ def record_build(
                 settings, kb=ticket.kb, version=ticket.version, run_id=run_id,
                 table=ticket.table, fingerprint=spec)
         return BuildRecord(run_id, model_version)
-    except Exception as exc:  # reported, not swallowed: the warning reaches the run report
+    except _tracking_errors() as exc:  # reported, not swallowed: the warning reaches the report
         warning = (f"MLflow tracking failed for v{ticket.version} of {ticket.kb!r} "
                    f"({type(exc).__name__}: {exc}); the build itself is unaffected")
         logger.warning("%s", warning)
@@ -108,13 +140,13 @@ def record_build(
 
 def sync_aliases(settings: Settings, kb: str) -> str | None:
     """Move champion/challenger to the routing's live/canary versions; return a warning on failure."""
-    from kbrefresh import tracking
-
     try:
+        from kbrefresh import tracking
+
         for line in tracking.sync_registry(settings, kb):
             logger.info("registry: %s", line)
         return None
-    except Exception as exc:  # reported: routing stays the source of truth
+    except _tracking_errors() as exc:  # reported: routing stays the source of truth
         warning = (f"the MLflow registry was not updated for {kb!r} ({type(exc).__name__}: "
                    f"{exc}); routing is correct, run `kbrefresh registry sync --kb {kb}`")
         logger.warning("%s", warning)

@@ -84,6 +84,8 @@ def refresh(
             rejected; live untouched).
         BuildLockedError: another refresh of ``kb`` is running.
     """
+    if settings.tracking:
+        records.warm_up()
     embedder = embedder or make_embedder(settings)
     chunker = chunker or ChunkerConfig()
     fingerprint = pipeline.fingerprint_for(embedder, chunker)
