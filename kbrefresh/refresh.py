@@ -84,8 +84,6 @@ def refresh(
             rejected; live untouched).
         BuildLockedError: another refresh of ``kb`` is running.
     """
-    if settings.tracking:
-        records.warm_up()
     embedder = embedder or make_embedder(settings)
     chunker = chunker or ChunkerConfig()
     fingerprint = pipeline.fingerprint_for(embedder, chunker)
@@ -99,6 +97,8 @@ def refresh(
             prepared = pipeline.prepare_data(settings, ticket, source, query=query, chunker=chunker,
                                              quality=quality)
             seconds["prepare"] = time.perf_counter() - t
+            if settings.tracking:
+                records.warm_up()  # the steps below mostly wait on Postgres
             t = time.perf_counter()
             plan = pipeline.plan_build(settings, ticket)
             seconds["plan"] = time.perf_counter() - t

@@ -122,11 +122,18 @@ def load_source(
         SourceError: the source does not exist, has an unsupported type, cannot be
             read, or lacks the id/text columns.
     """
-    # Imported here because the readers import LoadResult/LoadProblem from this module.
+    # Imported here because the readers import LoadResult/LoadProblem from this module;
+    # the tabular reader also pulls in pandas and SQLAlchemy (~0.5 s), so only for tables.
     from kbrefresh.sources.directory import load_directory
-    from kbrefresh.sources.tabular import Columns, load_sql, load_table
 
     spec = os.fspath(spec)
+    path = Path(spec)
+    if not is_url(spec) and path.is_dir():
+        if query is not None:
+            raise ConfigError(f"query is only used with a SQLAlchemy URL source, not with {spec!r}")
+        return load_directory(path, source=spec)
+    from kbrefresh.sources.tabular import Columns, load_sql, load_table
+
     columns = Columns(
         id=id_column,
         text=text_column,
@@ -141,9 +148,6 @@ def load_source(
         return load_sql(spec, query, columns)
     if query is not None:
         raise ConfigError(f"query is only used with a SQLAlchemy URL source, not with {spec!r}")
-    path = Path(spec)
-    if path.is_dir():
-        return load_directory(path, source=spec)
     if path.is_file():
         if path.suffix.lower() in TABULAR_SUFFIXES:
             return load_table(path, columns, source=spec)
