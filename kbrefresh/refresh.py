@@ -97,8 +97,6 @@ def refresh(
             prepared = pipeline.prepare_data(settings, ticket, source, query=query, chunker=chunker,
                                              quality=quality)
             seconds["prepare"] = time.perf_counter() - t
-            if settings.tracking:
-                records.warm_up()  # the steps below mostly wait on Postgres
             t = time.perf_counter()
             plan = pipeline.plan_build(settings, ticket)
             seconds["plan"] = time.perf_counter() - t
@@ -112,6 +110,8 @@ def refresh(
                                            total_texts=plan.to_embed_texts, on_progress=on_progress)
             seconds["embed_and_load"] = time.perf_counter() - t
             seconds["embed_only"] = stats.embed_seconds
+            if settings.tracking:
+                records.warm_up()  # index, smoke and gate below mostly wait on Postgres
             t = time.perf_counter()
             counts = {"embedded": stats.rows, "texts_embedded": stats.texts,
                       "reused": plan.unchanged + copied, "removed": closed}
