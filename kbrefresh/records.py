@@ -56,8 +56,15 @@ def warm_up() -> threading.Thread:
     """
 
     def load() -> None:
-        with contextlib.suppress(ImportError):
+        with contextlib.suppress(ImportError, AttributeError):
+            import matplotlib.font_manager  # noqa: F401  (builds the font list once)
+
             from kbrefresh import reports, tracking  # noqa: F401
+            # MLflow scans every installed distribution (~2 s) the first time a model's
+            # requirements are checked; a private helper, hence the suppress.
+            from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+            _init_packages_to_modules_map()  # type: ignore[no-untyped-call]
 
     thread = threading.Thread(target=load, name="kbrefresh-warm-up", daemon=True)
     thread.start()
