@@ -80,7 +80,7 @@ def scheduled_refresh(params: RefreshParameters) -> dict[str, Any]:
             with clock("gate"):
                 outcome = tasks.validate_candidate_version(ticket, smoke)
         except BaseException as exc:
-            tasks.mark_build_failed(ticket, exc)  # no-op for a version already rejected
+            tasks.mark_build_failed(ticket, exc, params.source)  # no-op if already rejected
             raise
         record = tasks.record_build_run(ticket, params.source, prepared, plan, stats, reuse,
                                         outcome, clock.seconds)

@@ -184,7 +184,8 @@ def _change_results(
         checks.append((name, 1.0, sign * change.absolute))
     if change.relative is not None:
         factor = 1.0 + sign * change.relative
-        checks.append((f"{label} {op} live × {_fmt(factor)}", factor, 0.0))
+        slack = f" {'−' if higher else '+'} {_fmt(change.slack)}" if change.slack else ""
+        checks.append((f"{label} {op} live × {_fmt(factor)}{slack}", factor, sign * change.slack))
     if baseline is None:
         return [
             _missing(name, metric, slice_, "the live baseline", value=value)

@@ -8,7 +8,10 @@ other than latency are on a 0–1 scale, so "2 points" is ``absolute: 0.02``.
 A change threshold with both ``absolute`` and ``relative`` must meet both:
 
 - ``higher_is_better``: candidate ≥ live − absolute and ≥ live × (1 − relative);
-- ``lower_is_better``: candidate ≤ live + absolute and ≤ live × (1 + relative).
+- ``lower_is_better``: candidate ≤ live + absolute and ≤ live × (1 + relative) + slack.
+
+``slack`` (default 0; 3 ms on the default latency rule) widens a relative threshold
+by an absolute amount, so noise on tiny values cannot fail it.
 
 ``slice: null`` (or absent) is the overall value, ``"*"`` every slice, any other
 string that one slice.
@@ -29,6 +32,8 @@ from kbrefresh.errors import ConfigError
 from kbrefresh.metrics import LATENCY_P95, MRR, metric_names
 
 ALL_SLICES = "*"
+# p95 differences below this are scheduler and cache noise at millisecond latencies.
+LATENCY_SLACK_MS = 3.0
 POLICY_SUFFIXES = (".toml", ".yaml", ".yml")
 _SCORE_PREFIXES = ("hit@", "recall@", "ndcg@", MRR)
 
@@ -43,6 +48,9 @@ class ChangeThreshold(_Strict):
     direction: Literal["higher_is_better", "lower_is_better"]
     absolute: float | None = Field(default=None, ge=0)
     relative: float | None = Field(default=None, ge=0)
+    # Added to a relative threshold: below it a difference is measurement noise
+    # (a 1.7 ms vs 3.7 ms p95 on a small KB is not a 2x regression).
+    slack: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _some_threshold(self) -> ChangeThreshold:
@@ -89,7 +97,7 @@ def default_rules(k: int = 5, ndcg_k: int = 10) -> tuple[MetricRule, ...]:
     for metric in (f"hit@{k}", f"recall@{k}", MRR, f"ndcg@{ndcg_k}"):
         rules.append(MetricRule(metric=metric, change=tolerance))
         rules.append(MetricRule(metric=metric, slice=ALL_SLICES, change=tolerance))
-    latency = ChangeThreshold(direction="lower_is_better", relative=1.0)
+    latency = ChangeThreshold(direction="lower_is_better", relative=1.0, slack=LATENCY_SLACK_MS)
     rules.append(MetricRule(metric=LATENCY_P95, change=latency))
     return tuple(rules)
 

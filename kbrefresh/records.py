@@ -158,3 +158,28 @@ def sync_aliases(settings: Settings, kb: str) -> str | None:
                    f"{exc}); routing is correct, run `kbrefresh registry sync --kb {kb}`")
         logger.warning("%s", warning)
         return warning
+
+
+def record_failure(
+    settings: Settings, ticket: BuildTicket, *, source: str, error: BaseException
+) -> BuildRecord:
+    """Log a build that failed before validation (bad data, embedding errors, crashes)."""
+    report: Any = getattr(error, "report", None)  # DataQualityError carries its report
+    quality_dict = report.to_dict() if report is not None and hasattr(report, "to_dict") else None
+    try:
+        from kbrefresh import tracking
+
+        with connect(settings) as conn:
+            row = store.version_row(conn, ticket.kb_id, ticket.version)
+        artifacts: dict[str, Any] = {"error.txt": f"{type(error).__name__}: {error}"}
+        if quality_dict is not None:
+            artifacts["quality.json"] = quality_dict
+        run_id = tracking.log_build(
+            settings, kb=ticket.kb, version=ticket.version, params={"table": ticket.table},
+            metrics={}, artifacts=artifacts, manifest=[], dataset_tag=row["dataset_tag"],
+            source=source, tags={"status": "failed", "error": type(error).__name__})
+        return BuildRecord(run_id, None)
+    except _tracking_errors() as exc:
+        warning = f"MLflow tracking of failed v{ticket.version} of {ticket.kb!r} failed: {exc}"
+        logger.warning("%s", warning)
+        return BuildRecord(None, None, warning)

@@ -127,6 +127,8 @@ def refresh(
             seconds["gate"] = time.perf_counter() - t
         except BaseException as exc:
             pipeline.fail_build(settings, ticket, exc)
+            if settings.tracking and isinstance(exc, Exception):  # every build is a run
+                records.record_failure(settings, ticket, source=source, error=exc)
             raise
         t = time.perf_counter()
         record = (records.record_build(

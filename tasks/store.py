@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from kbrefresh import pipeline
+from kbrefresh import pipeline, records
 from kbrefresh.build import BuildPlan, EmbedStats
 from kbrefresh.embedders import make_embedder
 from kbrefresh.models import ChunkerConfig
@@ -91,9 +91,16 @@ def finalize_version(
 
 
 @task(**TASK_OPTIONS)
-def mark_build_failed(ticket: BuildTicket, error: BaseException) -> None:
-    """Mark the version failed so the next run undoes its rows; live keeps serving."""
-    pipeline.fail_build(Settings(), ticket, error)
+def mark_build_failed(ticket: BuildTicket, error: BaseException, source: str) -> None:
+    """Mark the version failed so the next run undoes its rows; live keeps serving.
+
+    The failed build is still recorded as an MLflow run (status failed, the error and
+    any quality report as artifacts).
+    """
+    settings = Settings()
+    pipeline.fail_build(settings, ticket, error)
+    if settings.tracking and isinstance(error, Exception):
+        records.record_failure(settings, ticket, source=source, error=error)
     get_run_logger().error(
         "v%d of %r failed (%s: %s); live version %s keeps serving",
         ticket.version, ticket.kb, type(error).__name__, error, ticket.live_version,

@@ -13,7 +13,7 @@ from kbrefresh import records, routing, store
 from kbrefresh.cli import app
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
-from kbrefresh.errors import GateFailed
+from kbrefresh.errors import DataQualityError, GateFailed
 from kbrefresh.evaluation import load_golden
 from kbrefresh.refresh import refresh
 from kbrefresh.settings import Settings
@@ -117,3 +117,19 @@ def test_eval_command_prints_the_verdict(settings: Settings, corpus: Path, monke
     bad = CliRunner().invoke(app, ["eval", "--kb", "help", "--against", "yesterday"])
     assert bad.exit_code == 1
     assert "--against 'yesterday' is not 'live', 'none' or a version number" in bad.output
+
+
+def test_a_build_refused_for_bad_data_is_still_an_mlflow_run(tracked: Settings, corpus: Path) -> None:
+    build_v1(tracked, corpus)
+    for path in sorted(corpus.rglob("*.md"))[:30]:
+        path.unlink()
+    with pytest.raises(DataQualityError):
+        refresh(tracked, "help", str(corpus), embedder=OfflineEmbedder(dims=1536))
+    client = mlflow.MlflowClient(tracking_uri=tracked.mlflow_tracking_uri)
+    with connect(tracked) as conn:
+        row = store.version_row(conn, store.get_kb_id(conn, "help"), 2)
+    run = client.get_run(row["mlflow_run_id"])
+    assert run.data.tags["status"] == "failed" and run.data.tags["error"] == "DataQualityError"
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert paths == {"error.txt", "quality.json"}
+    assert registry_state(tracked, "help") == {"champion": 1, "challenger": None}

@@ -136,8 +136,22 @@ def test_p95_latency_against_twice_live(factor: float, passed: bool) -> None:
     verdict = gate(table(overall={**OVERALL, "latency_p95_ms": 10.0 * factor}))
     assert verdict.passed is passed
     [latency] = [rule for rule in verdict.rules if rule.metric == "latency_p95_ms"]
-    assert latency.name == "latency_p95_ms ≤ live × 2"
-    assert latency.threshold == pytest.approx(20.0)  # 10 ms × (1 + 1.0)
+    assert latency.name == "latency_p95_ms ≤ live × 2 + 3"
+    assert latency.threshold == pytest.approx(23.0)  # 10 ms × (1 + 1.0) + 3 ms noise slack
+    assert latency.passed is passed
+
+
+@pytest.mark.parametrize(("live_ms", "candidate_ms", "passed"), [(1.7, 3.7, True), (1.7, 6.5, False)])
+def test_latency_slack_absorbs_noise_on_tiny_latencies(
+    live_ms: float, candidate_ms: float, passed: bool
+) -> None:
+    verdict = evaluate_gate(
+        table(overall={**OVERALL, "latency_p95_ms": candidate_ms}),
+        table(overall={**OVERALL, "latency_p95_ms": live_ms}),
+        default_policy(), candidate_size_bytes=100, live_size_bytes=100, smoke_failures=[],
+    )
+    [latency] = [rule for rule in verdict.rules if rule.metric == "latency_p95_ms"]
+    assert latency.threshold == pytest.approx(1.7 * 2 + 3)
     assert latency.passed is passed
 
 

@@ -37,7 +37,7 @@ def test_default_policy_is_the_playbook() -> None:
         MetricRule(metric="ndcg@10", slice="*", change=HIGHER),
         MetricRule(
             metric="latency_p95_ms",
-            change=ChangeThreshold(direction="lower_is_better", relative=1.0),
+            change=ChangeThreshold(direction="lower_is_better", relative=1.0, slack=3.0),
         ),
     )
 
@@ -154,7 +154,7 @@ PREFIX = "p.yaml: invalid acceptance policy: "
         ),
         (
             rule(change={"direction": "higher_is_better", "absolute": 0.1, "abs": 1}),
-            "rules[0].change.abs: unknown key; expected one of: direction, absolute, relative",
+            "rules[0].change.abs: unknown key; expected one of: direction, absolute, relative, slack",
         ),
         (
             {"rules": [{"metric": "hti@5", "lower_bound": 0.5}]},
