@@ -74,7 +74,7 @@ def scheduled_refresh(params: RefreshParameters) -> dict[str, Any]:
             with clock("embed_and_load"):
                 stats = tasks.embed_changed_chunks(ticket, plan.to_embed_texts)
             with clock("index"):
-                tasks.finalize_version(ticket, plan, stats, reuse)
+                tasks.finalize_version(ticket, prepared, plan, stats, reuse)
             with clock("smoke"):
                 smoke = tasks.smoke_check_version(ticket)
             with clock("gate"):

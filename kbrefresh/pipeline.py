@@ -245,6 +245,19 @@ def embed_changed(
         )
 
 
+def build_counts(
+    prepared: PrepareResult, plan: BuildPlan, stats: EmbedStats, reuse: tuple[int, int]
+) -> dict[str, int]:
+    """Return what a build did, as stored on the version and logged to MLflow."""
+    closed, copied = reuse
+    return {
+        "documents": prepared.documents, "chunks": prepared.chunks,
+        "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
+        "documents_deleted": prepared.changes.deleted, "embedded": stats.rows,
+        "texts_embedded": stats.texts, "reused": plan.unchanged + copied, "removed": closed,
+    }
+
+
 def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, Any]) -> dict[str, Any]:
     """Build the vector index if the table has none, analyze, mark the version a candidate."""
     with connect(settings, autocommit=True) as conn:

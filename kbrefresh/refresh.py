@@ -113,8 +113,7 @@ def refresh(
             if settings.tracking:
                 records.warm_up()  # index, smoke and gate below mostly wait on Postgres
             t = time.perf_counter()
-            counts = {"embedded": stats.rows, "texts_embedded": stats.texts,
-                      "reused": plan.unchanged + copied, "removed": closed}
+            counts = pipeline.build_counts(prepared, plan, stats, (closed, copied))
             pipeline.finalize_build(settings, ticket, counts)
             seconds["index"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -132,11 +131,7 @@ def refresh(
             raise
         t = time.perf_counter()
         record = (records.record_build(
-            settings, ticket, source=source, counts=counts | {
-                "documents": prepared.documents, "chunks": prepared.chunks,
-                "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
-                "documents_deleted": prepared.changes.deleted},
-            seconds=seconds, estimated_tokens=plan.estimated_tokens, outcome=gate,
+            settings, ticket, source=source, counts=counts, seconds=seconds, estimated_tokens=plan.estimated_tokens, outcome=gate,
             quality=prepared.quality) if settings.tracking else records.BuildRecord(None, None))
         seconds["track"] = time.perf_counter() - t
         if gate is None or not gate.verdict.passed:

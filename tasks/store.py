@@ -12,7 +12,7 @@ from kbrefresh import pipeline, records
 from kbrefresh.build import BuildPlan, EmbedStats
 from kbrefresh.embedders import make_embedder
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.pipeline import BuildTicket
+from kbrefresh.pipeline import BuildTicket, PrepareResult
 from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS
 
@@ -79,12 +79,14 @@ def reuse_unchanged_chunks(ticket: BuildTicket) -> tuple[int, int]:
 
 @task(**TASK_OPTIONS)
 def finalize_version(
-    ticket: BuildTicket, plan: BuildPlan, stats: EmbedStats, reuse: tuple[int, int]
+    ticket: BuildTicket,
+    prepared: PrepareResult,
+    plan: BuildPlan,
+    stats: EmbedStats,
+    reuse: tuple[int, int],
 ) -> dict[str, Any]:
     """Build the vector index if missing, analyze, and mark the version a candidate."""
-    closed, copied = reuse
-    counts = {"embedded": stats.rows, "texts_embedded": stats.texts,
-              "reused": plan.unchanged + copied, "removed": closed}
+    counts = pipeline.build_counts(prepared, plan, stats, reuse)
     all_counts = pipeline.finalize_build(Settings(), ticket, counts)
     get_run_logger().info("v%d is a candidate: %s", ticket.version, all_counts)
     return all_counts

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from kbrefresh import records
 from kbrefresh.build import BuildPlan, EmbedStats
 from kbrefresh.evaluation import GateOutcome
-from kbrefresh.pipeline import BuildTicket, PrepareResult
+from kbrefresh.pipeline import BuildTicket, PrepareResult, build_counts
 from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS
 
@@ -33,13 +33,9 @@ def record_build_run(
     settings = Settings()
     if not settings.tracking:
         return records.BuildRecord(None, None)
-    closed, copied = reuse
-    counts = {"documents": prepared.documents, "chunks": prepared.chunks,
-              "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
-              "documents_deleted": prepared.changes.deleted, "embedded": stats.rows,
-              "texts_embedded": stats.texts, "reused": plan.unchanged + copied, "removed": closed}
     record = records.record_build(
-        settings, ticket, source=source, counts=counts, seconds=seconds,
+        settings, ticket, source=source, counts=build_counts(prepared, plan, stats, reuse),
+        seconds=seconds,
         estimated_tokens=plan.estimated_tokens, outcome=outcome, quality=prepared.quality)
     logger = get_run_logger()
     if record.warning:
