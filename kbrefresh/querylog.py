@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from kbrefresh.db import redact_url
 from kbrefresh.errors import DatabaseError
+from kbrefresh.search import SEARCH_SESSION_SQL
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def connect(url: str, *, vectors: bool) -> Conn:
     if vectors:
         try:
             register_vector(conn)
+            conn.execute(SEARCH_SESSION_SQL)
         except psycopg.Error as exc:
             conn.close()
             raise DatabaseError(

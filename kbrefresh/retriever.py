@@ -184,7 +184,8 @@ class Retriever:
         vector = served.embedder.embed([query])[0]
         try:
             with self._pool.connection() as conn:
-                hits = search_version(conn, served.table, version, vector, k)
+                hits = search_version(conn, served.table, version, vector, k,
+                                      session_configured=True)
         except psycopg.Error as exc:
             raise self._db_error(exc) from exc
         latency_ms = (time.perf_counter() - started) * 1000.0

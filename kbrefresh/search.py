@@ -26,8 +26,23 @@ class Hit:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+# Session settings for searching; SEARCH_EF_SEARCH covers k <= SEARCH_EF_SEARCH // 2.
+SEARCH_EF_SEARCH = 40
+SEARCH_SESSION_SQL = (
+    "SELECT set_config('hnsw.iterative_scan', 'strict_order', false),"
+    f" set_config('hnsw.ef_search', '{SEARCH_EF_SEARCH}', false),"
+    " set_config('enable_seqscan', 'off', false)"
+)
+
+
 def search_version(
-    conn: Conn, table: str, version: int, vector: npt.NDArray[np.float32], k: int = 5
+    conn: Conn,
+    table: str,
+    version: int,
+    vector: npt.NDArray[np.float32],
+    k: int = 5,
+    *,
+    session_configured: bool = False,
 ) -> list[Hit]:
     """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
 
@@ -42,6 +57,10 @@ def search_version(
     ).format(sql.Identifier(table)) + in_version() + sql.SQL(
         " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
     )
+    params = {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
+    if session_configured and 2 * k <= SEARCH_EF_SEARCH:
+        # The caller ran SEARCH_SESSION_SQL on this connection: one round trip per search.
+        return _hits(conn.execute(query, params).fetchall(), version)
     with conn.transaction():
         # The planner does not cost detoasting vectors, so on tables of a few thousand
         # rows it picks a seq scan that reads every vector (measured 37 ms vs 3 ms with
@@ -49,11 +68,13 @@ def search_version(
         conn.execute(
             "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
             " set_config('hnsw.ef_search', %s, true), set_config('enable_seqscan', 'off', true)",
-            (str(max(40, 2 * k)),),
+            (str(max(SEARCH_EF_SEARCH, 2 * k)),),
         )
-        rows = conn.execute(
-            query, {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
-        ).fetchall()
+        rows = conn.execute(query, params).fetchall()
+    return _hits(rows, version)
+
+
+def _hits(rows: list[dict[str, Any]], version: int) -> list[Hit]:
     return [
         Hit(
             chunk_id=int(r["id"]),
