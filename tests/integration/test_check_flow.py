@@ -44,17 +44,6 @@ REFRESH = "scheduled-refresh/scheduled-refresh"
 T = TypeVar("T")
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> Settings:
-    """Point the tasks' ``Settings()`` at this test's database, offline 64-d embeddings."""
-    monkeypatch.setenv("KBREFRESH_DATABASE_URL", database_url)
-    monkeypatch.setenv("KBREFRESH_EMBEDDER", "offline")
-    monkeypatch.setenv("KBREFRESH_EMBEDDING_DIMS", "64")
-    monkeypatch.setenv("KBREFRESH_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("KBREFRESH_MAINTENANCE_WORK_MEM", "64MB")
-    return Settings()
-
-
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
     """Poll the harness API until ``probe`` returns something; events are persisted async."""
     deadline = time.monotonic() + timeout

@@ -60,17 +60,6 @@ def write_doc(root: Path, topic: str, extra: str = "") -> None:
     )
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> Settings:
-    """Point the tasks' ``Settings()`` at this test's database, offline 64-d embeddings."""
-    monkeypatch.setenv("KBREFRESH_DATABASE_URL", database_url)
-    monkeypatch.setenv("KBREFRESH_EMBEDDER", "offline")
-    monkeypatch.setenv("KBREFRESH_EMBEDDING_DIMS", "64")
-    monkeypatch.setenv("KBREFRESH_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("KBREFRESH_MAINTENANCE_WORK_MEM", "64MB")
-    return Settings()
-
-
 def live(settings: Settings, kb: str) -> int | None:
     with connect(settings) as conn:
         return routing.live_version(conn, store.get_kb_id(conn, kb))
