@@ -175,20 +175,17 @@ def stage_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) 
     return count
 
 
-def unchanged_documents(
-    conn: Conn, kb_id: int, base_version: int | None, docs: Sequence[Document]
-) -> set[str]:
-    """Return ids of ``docs`` whose content hash equals their hash in ``base_version``."""
-    if base_version is None:
-        return set()
-    base = {
+def version_manifest(conn: Conn, kb_id: int, version: int | None) -> dict[str, str]:
+    """Return ``{doc_id: content_hash}`` of a version's manifest (empty for None)."""
+    if version is None:
+        return {}
+    return {
         r["doc_id"]: r["content_hash"]
         for r in conn.execute(
             "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s AND version = %s",
-            (kb_id, base_version),
+            (kb_id, version),
         ).fetchall()
     }
-    return {d.doc_id for d in docs if base.get(d.doc_id) == d.content_hash}
 
 
 def record_touched_documents(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,9 +157,10 @@ def prepare_data(
             raise
         changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
         base = None if ticket.fingerprint_changed else ticket.live_version
-        same = build.unchanged_documents(conn, ticket.kb_id, base, loaded.documents)
+        manifest = build.version_manifest(conn, ticket.kb_id, base)
+        same = {d.doc_id for d in loaded.documents if manifest.get(d.doc_id) == d.content_hash}
         current = {d.doc_id for d in loaded.documents}
-        touched = (current - same) | (_base_doc_ids(conn, ticket.kb_id, base) - current)
+        touched = (current - same) | (manifest.keys() - current)
         build.record_touched_documents(conn, ticket.kb_id, ticket.version, ticket.table,
                                        touched, full=base is None)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
@@ -172,14 +173,6 @@ def prepare_data(
         tag = store.version_row(conn, ticket.kb_id, ticket.version)["dataset_tag"]
         conn.commit()
     return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
-
-
-def _base_doc_ids(conn: store.Conn, kb_id: int, base: int | None) -> set[str]:
-    if base is None:
-        return set()
-    return {r["doc_id"] for r in conn.execute(
-        "SELECT doc_id FROM kb_version_documents WHERE kb_id = %s AND version = %s", (kb_id, base)
-    ).fetchall()}
 
 
 def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -> int:
@@ -351,8 +344,3 @@ def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException) ->
                              finished_at=datetime.now(UTC))
             build.clear_staging(conn, ticket.kb_id, ticket.version)
         conn.commit()
-
-
-def as_plain(value: Any) -> Any:
-    """Return dataclasses as dicts (for artifacts, JSON and MLflow)."""
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
