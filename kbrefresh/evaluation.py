@@ -116,12 +116,14 @@ def embedder_for(settings: Settings, spec: dict[str, Any]) -> Embedder:
 
 def version_size_bytes(conn: store.Conn, table: str, version: int) -> int:
     """Table + index size attributed to ``version`` by its share of the table's rows."""
-    total = conn.execute(
-        sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(table))
+    row = conn.execute(
+        sql.SQL("SELECT count(*) AS total, count(*) FILTER (WHERE ")
+        + store.in_version() + sql.SQL(") AS rows FROM {} c").format(sql.Identifier(table)),
+        {"version": version},
     ).fetchone()
-    rows = store.version_stats(conn, table, version)["chunks"]
-    n = int(total["n"]) if total else 0
-    return 0 if n == 0 else int(store.table_size_bytes(conn, table) * rows / n)
+    if row is None or not row["total"]:
+        return 0
+    return int(store.table_size_bytes(conn, table) * row["rows"] / row["total"])
 
 
 @dataclass(frozen=True)
