@@ -73,8 +73,8 @@ def seed_catalog(conn: object, kb_id: int) -> None:
 def bench_drift(n: int, repeat: int) -> None:
     from kbrefresh import store
     from kbrefresh.db import connect
+    from kbrefresh.retraining.signals import _fetch_queries, query_drift
     from kbrefresh.settings import Settings
-    from kbrefresh.signals import _fetch_queries, query_drift
 
     settings, now = Settings(), datetime.now(UTC)
     with connect(settings) as conn:
@@ -106,16 +106,16 @@ def bench_drift(n: int, repeat: int) -> None:
 
 
 def bench_retriever(queries: int = 300) -> None:
-    if importlib.util.find_spec("kbrefresh.retriever") is None:
-        print("kbrefresh.retriever not found: Retriever overhead skipped")
+    if importlib.util.find_spec("kbrefresh.serving.retriever") is None:
+        print("kbrefresh.serving.retriever not found: Retriever overhead skipped")
         return
     from kbrefresh import store
     from kbrefresh.db import connect
     from kbrefresh.embedders import OfflineEmbedder
-    from kbrefresh.policy import AcceptancePolicy
-    from kbrefresh.refresh import refresh
-    from kbrefresh.retriever import Retriever
-    from kbrefresh.search import search_version
+    from kbrefresh.gate.policy import AcceptancePolicy
+    from kbrefresh.refresh.sequence import refresh
+    from kbrefresh.serving.retriever import Retriever
+    from kbrefresh.serving.search import search_version
     from kbrefresh.settings import Settings
 
     settings, kb = Settings(), f"bench-retriever-{uuid.uuid4().hex[:8]}"

@@ -71,8 +71,8 @@ def phase(name: str, env: dict[str, str], *args: str) -> dict[str, object]:
 
 def run_refresh(source: str) -> dict[str, object]:
     from kbrefresh.embedders import OfflineEmbedder
-    from kbrefresh.policy import AcceptancePolicy
-    from kbrefresh.refresh import refresh
+    from kbrefresh.gate.policy import AcceptancePolicy
+    from kbrefresh.refresh.sequence import refresh
     from kbrefresh.settings import Settings
 
     settings = Settings()
@@ -98,9 +98,9 @@ def run_copy_compare() -> dict[str, object]:
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    from kbrefresh import pipeline
-    from kbrefresh.build import load_rows
+    from kbrefresh.build.embedding import load_rows
     from kbrefresh.db import connect
+    from kbrefresh.refresh import steps as pipeline
     from kbrefresh.settings import Settings
 
     settings = Settings()
@@ -155,11 +155,12 @@ def run_eval_compare(n_queries: int) -> dict[str, object]:
 
     from psycopg import sql
 
-    from kbrefresh import routing, store
+    from kbrefresh import store
     from kbrefresh.db import connect
     from kbrefresh.embedders import OfflineEmbedder
-    from kbrefresh.evaluation import evaluate, load_golden
-    from kbrefresh.policy import default_policy
+    from kbrefresh.gate.evaluation import evaluate, load_golden
+    from kbrefresh.gate.policy import default_policy
+    from kbrefresh.serving import routing
     from kbrefresh.settings import Settings
 
     settings = Settings()
@@ -199,10 +200,11 @@ def run_retriever_compare(n_queries: int) -> dict[str, object]:
 
     from psycopg import sql
 
-    from kbrefresh import routing, store
+    from kbrefresh import store
     from kbrefresh.db import connect
     from kbrefresh.embedders import OfflineEmbedder
-    from kbrefresh.retriever import Retriever
+    from kbrefresh.serving import routing
+    from kbrefresh.serving.retriever import Retriever
     from kbrefresh.settings import Settings
 
     settings, embedder = Settings(), OfflineEmbedder(dims=1536)

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, Field
 
-from kbrefresh.checks import SCHEDULE_DELAY_DAYS
+from kbrefresh.retraining.check import SCHEDULE_DELAY_DAYS
 from kbrefresh.store import validate_kb_name
 from tasks import triggers
 

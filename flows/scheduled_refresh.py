@@ -9,8 +9,8 @@ from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 import tasks
+from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.quality import QualityPolicy
 from kbrefresh.store import validate_kb_name
 
 

@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # The Retriever pulls in numpy, psycopg and the embedders: import it on first use.
     if name == "Retriever":
-        from kbrefresh.retriever import Retriever
+        from kbrefresh.serving.retriever import Retriever
 
         return Retriever
     raise AttributeError(f"module 'kbrefresh' has no attribute {name!r}")

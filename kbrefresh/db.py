@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from kbrefresh.errors import DatabaseError, MigrationError

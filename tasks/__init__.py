@@ -14,7 +14,6 @@ from tasks.embeddings import embed_changed_chunks
 from tasks.gate import raise_if_rejected, smoke_check_version, validate_candidate_version
 from tasks.reports import report_refresh, report_rollback
 from tasks.routing import rollback_live_version, swap_live_version
-from tasks.tracking import record_build_run, sync_registry_aliases
 from tasks.store import (
     begin_version,
     finalize_version,
@@ -23,6 +22,7 @@ from tasks.store import (
     plan_version,
     reuse_unchanged_chunks,
 )
+from tasks.tracking import record_build_run, sync_registry_aliases
 
 __all__ = [
     "Stopwatch",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kbrefresh import pipeline
+from kbrefresh.build.quality import QualityPolicy, QualityReport
 from kbrefresh.errors import DataQualityError
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.pipeline import BuildTicket, PrepareResult
-from kbrefresh.quality import QualityPolicy, QualityReport
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.steps import BuildTicket, PrepareResult
 from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
 

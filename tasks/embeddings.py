@@ -9,9 +9,9 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from kbrefresh import pipeline
-from kbrefresh.build import EmbedStats
-from kbrefresh.pipeline import BuildTicket
+from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.steps import BuildTicket
 from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS, artifact_key
 

@@ -7,13 +7,14 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from kbrefresh import pipeline, records
 from kbrefresh.errors import GateFailed
-from kbrefresh.evaluation import GateOutcome
-from kbrefresh.pipeline import BuildTicket
-from kbrefresh.reports import comparison_markdown
+from kbrefresh.gate.evaluation import GateOutcome
+from kbrefresh.gate.smoke import SmokeResult
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.steps import BuildTicket
 from kbrefresh.settings import Settings
-from kbrefresh.smoke import SmokeResult
+from kbrefresh.tracking import runs as records
+from kbrefresh.tracking.reports import comparison_markdown
 from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
 
 

@@ -8,12 +8,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kbrefresh.build import BuildPlan, EmbedStats
-from kbrefresh.pipeline import BuildTicket, PrepareResult, PublishResult
-from kbrefresh.evaluation import GateOutcome
-from kbrefresh.records import BuildRecord
-from kbrefresh.refresh import RefreshReport, make_report
-from kbrefresh.routing import RouteChange
+from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.staging import BuildPlan
+from kbrefresh.gate.evaluation import GateOutcome
+from kbrefresh.refresh.sequence import RefreshReport, make_report
+from kbrefresh.refresh.steps import BuildTicket, PrepareResult, PublishResult
+from kbrefresh.serving.routing import RouteChange
+from kbrefresh.tracking.runs import BuildRecord
 from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
 
 

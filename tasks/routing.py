@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from kbrefresh import pipeline, routing, store
+from kbrefresh import store
 from kbrefresh.db import connect
-from kbrefresh.pipeline import BuildTicket, PublishResult
-from kbrefresh.routing import RouteChange
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.steps import BuildTicket, PublishResult
+from kbrefresh.serving import routing
+from kbrefresh.serving.routing import RouteChange
 from kbrefresh.settings import Settings
 from tasks._common import ROUTING_TASK_OPTIONS
 

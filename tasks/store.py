@@ -8,12 +8,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from kbrefresh import pipeline, records
-from kbrefresh.build import BuildPlan, EmbedStats
+from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import make_embedder
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.pipeline import BuildTicket, PrepareResult
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.steps import BuildTicket, PrepareResult
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import runs as records
 from tasks._common import TASK_OPTIONS
 
 

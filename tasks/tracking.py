@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from kbrefresh import records
-from kbrefresh.build import BuildPlan, EmbedStats
-from kbrefresh.evaluation import GateOutcome
-from kbrefresh.pipeline import BuildTicket, PrepareResult, build_counts
+from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.staging import BuildPlan
+from kbrefresh.gate.evaluation import GateOutcome
+from kbrefresh.refresh.steps import BuildTicket, PrepareResult, build_counts
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import runs as records
 from tasks._common import TASK_OPTIONS
 
 # Tracking never fails a run (failures come back as warnings), so retries buy nothing.

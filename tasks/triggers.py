@@ -20,8 +20,8 @@ from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 
-from kbrefresh import checks
-from kbrefresh.checks import CheckResult
+from kbrefresh.retraining import check as checks
+from kbrefresh.retraining.check import CheckResult
 from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS, artifact_key
 

@@ -138,7 +138,7 @@ def test_moderate_drift_schedules_one_refresh_in_the_future(
     quiet, _ = run_check_flow(kb=kb, dispatch=False)
 
     assert (first["action"], first["driver"]) == ("schedule", "drift")
-    assert first["dispatched"]["events"] == ["kbrefresh.drift.detected"]
+    assert first["dispatched"]["events"] == ["kbrefresh.retraining.drift.detected"]
     scheduled = first["dispatched"]["schedule"]
     assert scheduled["scheduled"] is True
     with get_client(sync_client=True) as client:
@@ -160,7 +160,7 @@ def test_moderate_drift_schedules_one_refresh_in_the_future(
     assert nowhere["dispatched"]["schedule"] == {
         "scheduled": False, "deployment": "missing/deployment",
         "reason": "no deployment to schedule"}
-    assert quiet["dispatched"] == {"dispatch": False, "events": ["kbrefresh.drift.detected"]}
+    assert quiet["dispatched"] == {"dispatch": False, "events": ["kbrefresh.retraining.drift.detected"]}
     with connect(env) as conn:
         stored = conn.execute("SELECT dispatched FROM retrain_decisions WHERE id = %s",
                               (nowhere["decision_id"],)).fetchone()

@@ -22,8 +22,9 @@ from prefect.client.schemas.objects import Artifact
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows import RefreshParameters, RollbackParameters, rollback_kb, scheduled_refresh
-from kbrefresh import pipeline, routing, store
-from kbrefresh.chunking import chunk_documents
+from kbrefresh import store
+from kbrefresh.build.chunking import chunk_documents
+from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
 from kbrefresh.errors import (
     BuildLockedError,
@@ -34,10 +35,11 @@ from kbrefresh.errors import (
     GateFailed,
     MigrationError,
 )
-from kbrefresh.evaluation import load_golden
+from kbrefresh.gate.evaluation import load_golden
 from kbrefresh.models import ChunkerConfig
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
-from kbrefresh.sources import load_source
 from tasks import artifact_key, is_transient
 from tasks._common import TASK_OPTIONS
 

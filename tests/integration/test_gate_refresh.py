@@ -9,15 +9,17 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from kbrefresh import records, routing, store
+from kbrefresh import store
 from kbrefresh.cli import app
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import DataQualityError, GateFailed
-from kbrefresh.evaluation import load_golden
-from kbrefresh.refresh import refresh
+from kbrefresh.gate.evaluation import load_golden
+from kbrefresh.refresh.sequence import refresh
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
-from kbrefresh.tracking import registered_model_name, registry_state
+from kbrefresh.tracking import runs as records
+from kbrefresh.tracking.registry import registered_model_name, registry_state
 
 pytestmark = pytest.mark.integration
 

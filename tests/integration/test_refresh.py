@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from kbrefresh import pipeline, routing, store
-from kbrefresh.chunking import chunk_documents
+from kbrefresh import store
+from kbrefresh.build.chunking import chunk_documents
+from kbrefresh.build.quality import QualityPolicy
+from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import BuildLockedError, DataQualityError, EmbeddingError, VersionError
+from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.quality import QualityPolicy
-from kbrefresh.refresh import refresh
-from kbrefresh.retrieval import search_live
+from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh.sequence import refresh
+from kbrefresh.serving import routing
+from kbrefresh.serving.lookup import search_live
 from kbrefresh.settings import Settings
-from kbrefresh.sources import load_source
 from tests.support.corpus import markdown_doc, write_corpus
 
 pytestmark = pytest.mark.integration

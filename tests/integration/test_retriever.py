@@ -17,12 +17,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from kbrefresh import Retriever, routing, store
+from kbrefresh import Retriever, store
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.refresh import refresh
+from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.refresh.sequence import refresh
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from tests.support.corpus import markdown_doc, write_corpus
 
@@ -205,7 +206,7 @@ def test_a_failing_query_log_never_fails_a_search(
         assert r.log_errors > 0 and r.logged == 0
         assert r.search("invoice").hits  # and the next flush reconnects and fails again, quietly
         r.flush()
-    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "kbrefresh.querylog"]
+    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "kbrefresh.serving.querylog"]
     assert warnings and all("postgresql://u:***@127.0.0.1:1/x" in w for w in warnings)
     assert not any("pw" in rec.getMessage() for rec in caplog.records)
 

@@ -13,21 +13,21 @@ import numpy as np
 import pytest
 
 from kbrefresh import store
-from kbrefresh.checks import CheckOptions, load_check_policy, planned_events, run_check
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import ConfigError
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.refresh import refresh
-from kbrefresh.settings import Settings
-from kbrefresh.signals import (
+from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.refresh.sequence import refresh
+from kbrefresh.retraining.check import CheckOptions, load_check_policy, planned_events, run_check
+from kbrefresh.retraining.signals import (
     days_since_last_build,
     golden_accuracy_drop,
     query_drift,
     satisfaction_windows,
     source_volume,
 )
-from kbrefresh.triggers import Action, TriggerPolicy
+from kbrefresh.retraining.triggers import Action, TriggerPolicy
+from kbrefresh.settings import Settings
 from tests.support.corpus import markdown_doc, write_corpus
 
 pytestmark = pytest.mark.integration
@@ -161,7 +161,7 @@ def test_technical_share_20_to_40_percent_is_moderate_drift_naming_the_segment(
     assert result.decision.driver.name == "drift"
     assert "technical 0.20 → 0.40" in result.decision.driver.reason
     [event] = planned_events(result, None, request_retrain=True)
-    assert event.event == "kbrefresh.drift.detected"
+    assert event.event == "kbrefresh.retraining.drift.detected"
     assert event.payload["kb"] == kb and "technical 0.20 → 0.40" in event.payload["segments"]
     markdown = result.to_markdown()
     assert "technical 0\\.20 → 0\\.40" in markdown and "**Driven by:** drift" in markdown

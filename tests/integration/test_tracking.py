@@ -12,15 +12,15 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from kbrefresh import routing, store
+from kbrefresh import store
 from kbrefresh.db import connect, describe_database
 from kbrefresh.embedders import OfflineEmbedder
-from kbrefresh.evaluation import GateOutcome, load_golden
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.refresh import RefreshReport, refresh
-from kbrefresh.reports import comparison_markdown, metrics_chart, model_card, outcome_from_dict
+from kbrefresh.gate.evaluation import GateOutcome, load_golden
+from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.refresh.sequence import RefreshReport, refresh
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
-from kbrefresh.tracking import (
+from kbrefresh.tracking.registry import (
     TrackingError,
     experiment_name,
     gate_metrics,
@@ -31,6 +31,12 @@ from kbrefresh.tracking import (
     set_aliases,
     sync_registry,
     tracking_uri,
+)
+from kbrefresh.tracking.reports import (
+    comparison_markdown,
+    metrics_chart,
+    model_card,
+    outcome_from_dict,
 )
 from tests.support.corpus import write_corpus
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from kbrefresh.chunking import chunk_document, chunk_documents, estimate_tokens
+from kbrefresh.build.chunking import chunk_document, chunk_documents, estimate_tokens
 from kbrefresh.errors import ConfigError
 from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
 

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from kbrefresh.drift import (
+from kbrefresh.errors import ConfigError
+from kbrefresh.retraining.drift import (
     classify_kl,
     compare_distributions,
     coverage_gap,
@@ -14,7 +15,6 @@ from kbrefresh.drift import (
     kl_divergence,
     psi,
 )
-from kbrefresh.errors import ConfigError
 
 # ---- divergences pinned to hand-computed values ---------------------------------------
 

@@ -6,9 +6,9 @@ import math
 import pytest
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.gate import RuleResult, Verdict, evaluate_gate
-from kbrefresh.metrics import MetricTable
-from kbrefresh.policy import AcceptancePolicy, default_policy, parse_policy
+from kbrefresh.gate.metrics import MetricTable
+from kbrefresh.gate.policy import AcceptancePolicy, default_policy, parse_policy
+from kbrefresh.gate.verdict import RuleResult, Verdict, evaluate_gate
 
 SLICES = {
     "general": {

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kbrefresh.errors import ConfigError, SourceError
-from kbrefresh.golden import GoldenQuery, load_golden_file, unknown_doc_ids
+from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 
 EXPECTED = [
     GoldenQuery("How do I reset 2FA?", ("account/two-factor-auth",), "general", "smoke"),

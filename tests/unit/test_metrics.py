@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.metrics import (
+from kbrefresh.gate.metrics import (
     MetricTable,
     QueryResult,
     aggregate,

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.policy import (
+from kbrefresh.gate.policy import (
     AcceptancePolicy,
     ChangeThreshold,
     DisparityRule,

@@ -5,16 +5,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kbrefresh.errors import ConfigError, DataQualityError
-from kbrefresh.models import Document, sha256_text
-from kbrefresh.quality import (
+from kbrefresh.build.quality import (
     QualityIssue,
     QualityPolicy,
     QualityReport,
     check_documents,
     require_quality,
 )
-from kbrefresh.sources import LoadProblem, LoadResult
+from kbrefresh.build.sources import LoadProblem, LoadResult
+from kbrefresh.errors import ConfigError, DataQualityError
+from kbrefresh.models import Document, sha256_text
 
 NOW = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
 BODY = "A perfectly ordinary help article body."

@@ -8,9 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kbrefresh.errors import ConfigError, SourceError
-from kbrefresh.models import Document, sha256_text
-from kbrefresh.sources import (
+from kbrefresh.build.sources import (
     ACCEPTED_SOURCES,
     LoadProblem,
     LoadResult,
@@ -18,7 +16,9 @@ from kbrefresh.sources import (
     json_safe,
     load_source,
 )
-from kbrefresh.sources.tabular import mask_url
+from kbrefresh.build.sources.tabular import mask_url
+from kbrefresh.errors import ConfigError, SourceError
+from kbrefresh.models import Document, sha256_text
 
 MTIME = datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.triggers import (
+from kbrefresh.retraining.triggers import (
     Action,
     Signal,
     TriggerPolicy,

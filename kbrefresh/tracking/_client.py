@@ -43,7 +43,7 @@ from kbrefresh.settings import Settings
 MODEL_ARTIFACT = "knowledge_base"
 DEFAULT_K = 5  # hits per query when predict gets no ``k`` param
 # Never imported here: the file calls mlflow.models.set_model() when it runs.
-_MODEL_CODE = Path(__file__).with_name("registry_model.py")
+_MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 _SAFE_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 # MLflow's limits (mlflow.utils.validation), applied here so long values are cut, not refused.

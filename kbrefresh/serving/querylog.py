@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 
 from kbrefresh.db import redact_url
 from kbrefresh.errors import DatabaseError
-from kbrefresh.search import SEARCH_SESSION_SQL
+from kbrefresh.serving.search import SEARCH_SESSION_SQL
 
 logger = logging.getLogger(__name__)
 

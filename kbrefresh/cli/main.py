@@ -15,25 +15,27 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kbrefresh import records, routing, store
-from kbrefresh.build import BuildPlan
+from kbrefresh import store
+from kbrefresh.build.quality import QualityPolicy
+from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
-from kbrefresh.evaluation import load_golden, run_gate
-from kbrefresh.gate import Verdict
+from kbrefresh.gate.evaluation import load_golden, run_gate
+from kbrefresh.gate.policy import load_policy
+from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.policy import load_policy
-from kbrefresh.quality import QualityPolicy
-from kbrefresh.refresh import RefreshReport, refresh
-from kbrefresh.retrieval import kb_overview, search_live
+from kbrefresh.refresh.sequence import RefreshReport, refresh
+from kbrefresh.serving import routing
+from kbrefresh.serving.lookup import kb_overview, search_live
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import runs as records
 
 app = typer.Typer(help="Keep a RAG knowledge base in PostgreSQL + pgvector fresh and safe.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
 
-SAMPLES = Path(__file__).resolve().parent / "samples" / "helpcenter"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "helpcenter"
 KbOpt = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
 
 
@@ -186,7 +188,7 @@ def demo(
     console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`,"
                   " `kbrefresh eval --kb helpcenter`")
     if settings.tracking:
-        from kbrefresh.tracking import tracking_uri
+        from kbrefresh.tracking.registry import tracking_uri
 
         console.print(escape(f"MLflow store: {tracking_uri(settings)} (browse it with "
                              f"`pip install mlflow && mlflow ui --backend-store-uri {tracking_uri(settings)}`)"))
@@ -360,5 +362,3 @@ def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 
 
-# Registers `check` and `registry` on `app` (kept apart to keep this module small).
-from kbrefresh import _cli_ops  # noqa: F401

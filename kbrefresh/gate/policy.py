@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.metrics import LATENCY_P95, MRR, metric_names
+from kbrefresh.gate.metrics import LATENCY_P95, MRR, metric_names
 
 ALL_SLICES = "*"
 # p95 differences below this are scheduler and cache noise at millisecond latencies.

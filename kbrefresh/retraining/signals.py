@@ -19,20 +19,21 @@ import numpy as np
 import numpy.typing as npt
 from psycopg.rows import tuple_row
 
-from kbrefresh import routing, store
+from kbrefresh import store
+from kbrefresh.build.quality import QualityPolicy, QualityReport, check_documents
+from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
-from kbrefresh.drift import (
+from kbrefresh.errors import ConfigError
+from kbrefresh.gate.evaluation import run_gate
+from kbrefresh.retraining.drift import (
     CoverageReport,
     DriftReport,
     compare_distributions,
     coverage_gap,
     fit_query_clusters,
 )
-from kbrefresh.errors import ConfigError
-from kbrefresh.evaluation import run_gate
-from kbrefresh.quality import QualityPolicy, QualityReport, check_documents
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
-from kbrefresh.sources import load_source
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from kbrefresh.db import database_url as default_database_url
 from kbrefresh.db import redact_url
 from kbrefresh.embedders import Embedder
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
-from kbrefresh.evaluation import embedder_for
-from kbrefresh.querylog import LogWriter, Pool, reason
-from kbrefresh.retrieval import check_embedder_matches
-from kbrefresh.search import Hit, search_version
+from kbrefresh.gate.evaluation import embedder_for
+from kbrefresh.serving.lookup import check_embedder_matches
+from kbrefresh.serving.querylog import LogWriter, Pool, reason
+from kbrefresh.serving.search import Hit, search_version
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from bs4.filter import SoupStrainer
 from markdown_it import MarkdownIt
 
 from kbrefresh.models import Document
-from kbrefresh.sources import (
+from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
     as_utc_datetime,

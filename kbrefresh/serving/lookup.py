@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbrefresh import routing, store
+from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import ConfigError, VersionError
-from kbrefresh.search import Hit, search_version
+from kbrefresh.serving import routing
+from kbrefresh.serving.search import Hit, search_version
 from kbrefresh.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Building one version: start or resume, stage chunks, reuse, embed, finalize.
+"""Building one version: start or resume, record documents, stage chunks, plan, reuse.
 
 Every function takes an open connection and plain values. Bulk data stays in
 Postgres: chunks are staged with COPY, unchanged vectors are reused with
@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from kbrefresh.embedders.base import Embedder
-from kbrefresh.errors import EmbeddingError
 from kbrefresh.models import Chunk, Document
-from kbrefresh.store import Conn, FingerprintTable, in_version, revert_version_rows
+from kbrefresh.store import Conn, FingerprintTable, revert_version_rows
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int], None]
-
 
 def start_version(
     conn: Conn, kb_id: int, fp: FingerprintTable, *, source: str, flow_run_id: str | None
@@ -237,12 +229,12 @@ class BuildPlan:
         return asdict(self) | {"estimated_tokens": self.estimated_tokens}
 
 
-_STAGED = "s.kb_id = %(kb_id)s AND s.version = %(version)s"
+STAGED = "s.kb_id = %(kb_id)s AND s.version = %(version)s"
 _OPEN_MATCH = (
     "EXISTS (SELECT 1 FROM {t} o WHERE o.valid_to IS NULL AND o.doc_id = s.doc_id "
     "AND o.chunk_index = s.chunk_index AND o.content_hash = s.content_hash)"
 )
-_HASH_KNOWN = "EXISTS (SELECT 1 FROM {t} x WHERE x.content_hash = s.content_hash)"
+HASH_KNOWN = "EXISTS (SELECT 1 FROM {t} x WHERE x.content_hash = s.content_hash)"
 _TOUCHED = (
     "o.doc_id IN (SELECT d.doc_id FROM kb_build_docs d"
     " WHERE d.kb_id = %(kb_id)s AND d.version = %(version)s)"
@@ -256,16 +248,16 @@ def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
     q = sql.SQL(
         "SELECT count(*) AS total,"
         " count(*) FILTER (WHERE " + _OPEN_MATCH + ") AS unchanged,"
-        " count(*) FILTER (WHERE NOT " + _OPEN_MATCH + " AND " + _HASH_KNOWN + ") AS reusable,"
-        " count(*) FILTER (WHERE NOT " + _HASH_KNOWN + ") AS to_embed"
-        " FROM kb_build_chunks s WHERE " + _STAGED
+        " count(*) FILTER (WHERE NOT " + _OPEN_MATCH + " AND " + HASH_KNOWN + ") AS reusable,"
+        " count(*) FILTER (WHERE NOT " + HASH_KNOWN + ") AS to_embed"
+        " FROM kb_build_chunks s WHERE " + STAGED
     ).format(t=t)
     counts = conn.execute(q, params).fetchone()
     texts = conn.execute(
         sql.SQL(
             "SELECT count(*) AS n, coalesce(sum(length(embed_text)), 0) AS chars FROM ("
             " SELECT DISTINCT ON (content_hash) embed_text FROM kb_build_chunks s"
-            " WHERE " + _STAGED + " AND NOT " + _HASH_KNOWN + ") d"
+            " WHERE " + STAGED + " AND NOT " + HASH_KNOWN + ") d"
         ).format(t=t),
         params,
     ).fetchone()
@@ -273,7 +265,7 @@ def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
         sql.SQL(
             "SELECT count(*) AS open, count(*) FILTER (WHERE NOT " + _TOUCHED + ") AS untouched,"
             " count(*) FILTER (WHERE " + _TOUCHED + " AND NOT EXISTS ("
-            " SELECT 1 FROM kb_build_chunks s WHERE " + _STAGED + " AND s.doc_id = o.doc_id"
+            " SELECT 1 FROM kb_build_chunks s WHERE " + STAGED + " AND s.doc_id = o.doc_id"
             " AND s.chunk_index = o.chunk_index AND s.content_hash = o.content_hash)) AS replaced"
             " FROM {t} o WHERE o.valid_to IS NULL"
         ).format(t=t),
@@ -302,7 +294,7 @@ def apply_reuse(conn: Conn, kb_id: int, version: int, table: str) -> tuple[int, 
         sql.SQL(
             "UPDATE {t} o SET valid_to = %(version)s WHERE o.valid_to IS NULL AND " + _TOUCHED +
             " AND NOT EXISTS ("
-            " SELECT 1 FROM kb_build_chunks s WHERE " + _STAGED + " AND s.doc_id = o.doc_id"
+            " SELECT 1 FROM kb_build_chunks s WHERE " + STAGED + " AND s.doc_id = o.doc_id"
             " AND s.chunk_index = o.chunk_index AND s.content_hash = o.content_hash)"
         ).format(t=t),
         params,
@@ -313,119 +305,8 @@ def apply_reuse(conn: Conn, kb_id: int, version: int, table: str) -> tuple[int, 
             " valid_from) SELECT s.doc_id, s.chunk_index, s.content, s.content_hash, s.metadata,"
             " e.embedding, %(version)s FROM kb_build_chunks s CROSS JOIN LATERAL ("
             " SELECT x.embedding FROM {t} x WHERE x.content_hash = s.content_hash LIMIT 1) e"
-            " WHERE " + _STAGED + " AND NOT " + _OPEN_MATCH
+            " WHERE " + STAGED + " AND NOT " + _OPEN_MATCH
         ).format(t=t),
         params,
     ).rowcount
     return closed, copied
-
-
-@dataclass(frozen=True)
-class EmbedStats:
-    texts: int
-    rows: int
-    embed_seconds: float
-    load_seconds: float
-
-
-def embed_missing(
-    reader: Conn,
-    writer: Conn,
-    *,
-    kb_id: int,
-    version: int,
-    table: str,
-    embedder: Embedder,
-    batch_size: int,
-    total_texts: int = 0,
-    on_progress: ProgressFn | None = None,
-) -> EmbedStats:
-    """Embed staged chunks whose text hash the table does not know, and COPY them in.
-
-    Streams from a server-side cursor on ``reader`` and commits each batch on
-    ``writer``, so a crash keeps finished batches (a resumed build reuses them)
-    and at most one batch of vectors is in memory.
-    """
-    query = sql.SQL(
-        "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
-        " s.metadata::text AS metadata"
-        " FROM kb_build_chunks s WHERE " + _STAGED + " AND NOT " + _HASH_KNOWN +
-        " ORDER BY s.content_hash, s.doc_id, s.chunk_index"
-    ).format(t=sql.Identifier(table))
-    texts = rows = 0
-    embed_s = load_s = 0.0
-    batch: list[dict[str, Any]] = []
-    hashes = 0
-    with reader.transaction(), reader.cursor(name="kbrefresh_embed") as cur:
-        # Sorting staged rows by hash in memory instead of spilling to disk.
-        reader.execute("SET LOCAL work_mem = '256MB'")
-        cur.itersize = max(batch_size * 2, 512)
-        cur.execute(query, {"kb_id": kb_id, "version": version})
-        for row in cur:
-            new_hash = not batch or batch[-1]["content_hash"] != row["content_hash"]
-            if new_hash and hashes >= batch_size:
-                e, lo = _flush(writer, table, version, batch, embedder)
-                texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
-                if on_progress:
-                    on_progress(texts, total_texts)
-                batch, hashes = [], 0
-            hashes += new_hash
-            batch.append(row)
-        if batch:
-            e, lo = _flush(writer, table, version, batch, embedder)
-            texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
-            if on_progress:
-                on_progress(texts, total_texts)
-    return EmbedStats(texts, rows, embed_s, load_s)
-
-
-def _flush(
-    writer: Conn, table: str, version: int, batch: list[dict[str, Any]], embedder: Embedder
-) -> tuple[float, float]:
-    unique: dict[str, str] = {}
-    for row in batch:
-        unique.setdefault(row["content_hash"], row["embed_text"])
-    started = time.perf_counter()
-    vectors = embedder.embed(list(unique.values()))
-    embedded = time.perf_counter()
-    if vectors.shape != (len(unique), vectors.shape[1]) or not np.isfinite(vectors).all():
-        raise EmbeddingError(
-            f"embedder {embedder.provider}/{embedder.model} returned unusable vectors "
-            f"(shape {vectors.shape!r} for {len(unique)} texts, or non-finite values)"
-        )
-    by_hash = dict(zip(unique, vectors, strict=True))
-    load_rows(writer, table, version, batch, by_hash)
-    return embedded - started, time.perf_counter() - embedded
-
-
-def _jsonb(value: Any) -> Jsonb:
-    # Metadata read as JSON text goes back verbatim: no parse and re-dump per row.
-    return Jsonb(value, dumps=_identity) if isinstance(value, str) else Jsonb(value)
-
-
-def _identity(text: str) -> str:
-    return text
-
-
-def load_rows(
-    writer: Conn,
-    table: str,
-    version: int,
-    rows: Sequence[dict[str, Any]],
-    vectors: dict[str, np.ndarray[Any, Any]],
-) -> None:
-    """Write chunk rows with their vectors by binary COPY and commit."""
-    with writer.cursor() as cur, cur.copy(
-        sql.SQL(
-            "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
-            "valid_from) FROM STDIN WITH (FORMAT BINARY)"
-        ).format(sql.Identifier(table))
-    ) as copy:
-        copy.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
-        for r in rows:
-            copy.write_row(
-                (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
-                 _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
-            )
-    writer.commit()
-

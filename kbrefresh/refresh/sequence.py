@@ -7,16 +7,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kbrefresh import pipeline, records
-from kbrefresh.build import BuildPlan, EmbedStats, ProgressFn
+from kbrefresh.build.embedding import EmbedStats, ProgressFn
+from kbrefresh.build.quality import QualityPolicy
+from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
-from kbrefresh.evaluation import GateOutcome
-from kbrefresh.gate import Verdict
+from kbrefresh.gate.evaluation import GateOutcome
+from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.quality import QualityPolicy
+from kbrefresh.refresh import steps as pipeline
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import runs as records
 
 logger = logging.getLogger(__name__)
 

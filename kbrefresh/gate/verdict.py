@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.metrics import MetricTable, slice_disparity
-from kbrefresh.policy import (
+from kbrefresh.gate.metrics import MetricTable, slice_disparity
+from kbrefresh.gate.policy import (
     ALL_SLICES,
     AcceptancePolicy,
     ChangeThreshold,

@@ -16,19 +16,23 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kbrefresh import build, routing, store
-from kbrefresh.build import BuildPlan, DocumentChanges, EmbedStats, ProgressFn
-from kbrefresh.chunking import chunk_documents
+from kbrefresh import store
+from kbrefresh.build import embedding
+from kbrefresh.build import staging as build
+from kbrefresh.build.chunking import chunk_documents
+from kbrefresh.build.embedding import EmbedStats, ProgressFn
+from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
+from kbrefresh.build.sources import load_source
+from kbrefresh.build.staging import BuildPlan, DocumentChanges
 from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import BuildLockedError, DataQualityError
-from kbrefresh.evaluation import GateOutcome, run_gate
+from kbrefresh.gate.evaluation import GateOutcome, run_gate
+from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.gate.smoke import SmokeResult, smoke_check
 from kbrefresh.models import ChunkerConfig, Fingerprint
-from kbrefresh.policy import AcceptancePolicy
-from kbrefresh.quality import QualityPolicy, check_documents, require_quality
+from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
-from kbrefresh.smoke import SmokeResult, smoke_check
-from kbrefresh.sources import load_source
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +235,7 @@ def embed_changed(
     """Embed and load only chunks whose text is new to this fingerprint's table."""
     embedder = embedder or make_embedder(settings)
     with connect(settings) as reader, connect(settings) as writer:
-        return build.embed_missing(
+        return embedding.embed_missing(
             reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
             embedder=embedder, batch_size=settings.embed_batch_size, total_texts=total_texts,
             on_progress=on_progress,

@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from kbrefresh.errors import SourceError
 from kbrefresh.models import Document
-from kbrefresh.sources import (
+from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
     as_utc_datetime,

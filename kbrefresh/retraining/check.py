@@ -21,13 +21,12 @@ import yaml
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kbrefresh import signals as measure
 from kbrefresh import store
+from kbrefresh.build.quality import QualityReport
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
-from kbrefresh.quality import QualityReport
-from kbrefresh.settings import Settings
-from kbrefresh.triggers import (
+from kbrefresh.retraining import signals as measure
+from kbrefresh.retraining.triggers import (
     Action,
     Decision,
     Signal,
@@ -35,11 +34,12 @@ from kbrefresh.triggers import (
     decide,
     quality_signal,
 )
+from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".toml")
-DRIFT_EVENT = "kbrefresh.drift.detected"
+DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
 PERFORMANCE_EVENT = "kbrefresh.performance.degraded"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."

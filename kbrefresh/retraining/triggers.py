@@ -39,8 +39,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kbrefresh.drift import classify_kl
 from kbrefresh.errors import ConfigError
+from kbrefresh.retraining.drift import classify_kl
 
 DEFAULT_EVERY_DAYS = 30.0
 DEFAULT_PERF_PCT = (5.0, 10.0, 20.0)  # warning, critical, urgent

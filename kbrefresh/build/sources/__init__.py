@@ -124,7 +124,7 @@ def load_source(
     """
     # Imported here because the readers import LoadResult/LoadProblem from this module;
     # the tabular reader also pulls in pandas and SQLAlchemy (~0.5 s), so only for tables.
-    from kbrefresh.sources.directory import load_directory
+    from kbrefresh.build.sources.directory import load_directory
 
     spec = os.fspath(spec)
     path = Path(spec)
@@ -132,7 +132,7 @@ def load_source(
         if query is not None:
             raise ConfigError(f"query is only used with a SQLAlchemy URL source, not with {spec!r}")
         return load_directory(path, source=spec)
-    from kbrefresh.sources.tabular import Columns, load_sql, load_table
+    from kbrefresh.build.sources.tabular import Columns, load_sql, load_table
 
     columns = Columns(
         id=id_column,

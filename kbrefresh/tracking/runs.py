@@ -22,8 +22,8 @@ import psycopg
 from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.errors import KBRefreshError
-from kbrefresh.evaluation import GateOutcome
-from kbrefresh.pipeline import BuildTicket
+from kbrefresh.gate.evaluation import GateOutcome
+from kbrefresh.refresh.steps import BuildTicket
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,12 @@ def warm_up() -> threading.Thread:
         with contextlib.suppress(ImportError, AttributeError):
             import matplotlib.font_manager  # noqa: F401  (builds the font list once)
 
-            from kbrefresh import reports, tracking  # noqa: F401
             # MLflow scans every installed distribution (~2 s) the first time a model's
             # requirements are checked; a private helper, hence the suppress.
             from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+            from kbrefresh.tracking import registry  # noqa: F401
+            from kbrefresh.tracking import reports
 
             _init_packages_to_modules_map()  # type: ignore[no-untyped-call]
 
@@ -97,7 +99,8 @@ def record_build(
 ) -> BuildRecord:
     """Log the build as an MLflow run; register the version when it passed the gate."""
     try:
-        from kbrefresh import reports, tracking  # MLflow and matplotlib load in seconds: only here
+        from kbrefresh.tracking import registry as tracking  # MLflow, matplotlib: seconds, so only here
+        from kbrefresh.tracking import reports
 
         with connect(settings) as conn:
             row = store.version_row(conn, ticket.kb_id, ticket.version)
@@ -148,7 +151,7 @@ def record_build(
 def sync_aliases(settings: Settings, kb: str) -> str | None:
     """Move champion/challenger to the routing's live/canary versions; return a warning on failure."""
     try:
-        from kbrefresh import tracking
+        from kbrefresh.tracking import registry as tracking
 
         for line in tracking.sync_registry(settings, kb):
             logger.info("registry: %s", line)
@@ -167,7 +170,7 @@ def record_failure(
     report: Any = getattr(error, "report", None)  # DataQualityError carries its report
     quality_dict = report.to_dict() if report is not None and hasattr(report, "to_dict") else None
     try:
-        from kbrefresh import tracking
+        from kbrefresh.tracking import registry as tracking
 
         with connect(settings) as conn:
             row = store.version_row(conn, ticket.kb_id, ticket.version)

@@ -33,7 +33,7 @@ from typing import Any
 
 from kbrefresh.errors import ConfigError, DataQualityError
 from kbrefresh.models import Document
-from kbrefresh.sources import LoadResult
+from kbrefresh.build.sources import LoadResult
 
 __all__ = [
     "QualityIssue",

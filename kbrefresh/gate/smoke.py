@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import sql
 
 from kbrefresh.embedders.base import Embedder
-from kbrefresh.search import search_version
+from kbrefresh.serving.search import search_version
 from kbrefresh.store import Conn, FingerprintTable, version_stats
 
 

@@ -23,15 +23,16 @@ import numpy as np
 import numpy.typing as npt
 from psycopg import sql
 
-from kbrefresh import routing, store
+from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.embedders import Embedder, OfflineEmbedder, make_embedder
 from kbrefresh.errors import ConfigError
-from kbrefresh.gate import Verdict, evaluate_gate
-from kbrefresh.golden import GoldenQuery, load_golden_file, unknown_doc_ids
-from kbrefresh.metrics import MetricTable, QueryResult, aggregate, smoke_failures
-from kbrefresh.policy import AcceptancePolicy, default_policy
-from kbrefresh.search import search_version
+from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
+from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
+from kbrefresh.gate.policy import AcceptancePolicy, default_policy
+from kbrefresh.gate.verdict import Verdict, evaluate_gate
+from kbrefresh.serving import routing
+from kbrefresh.serving.search import search_version
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -9,14 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kbrefresh.checks import (
-    SCHEDULE_DELAY_DAYS,
-    CheckResult,
-    load_check_policy,
-    record_decision,
-    run_check,
-)
-from kbrefresh.cli import (
+from kbrefresh.cli.main import (
     KbOpt,
     _errors,
     _num,
@@ -27,7 +20,14 @@ from kbrefresh.cli import (
     console,
 )
 from kbrefresh.errors import ConfigError
-from kbrefresh.triggers import Action
+from kbrefresh.retraining.check import (
+    SCHEDULE_DELAY_DAYS,
+    CheckResult,
+    load_check_policy,
+    record_decision,
+    run_check,
+)
+from kbrefresh.retraining.triggers import Action
 
 
 @app.command(name="check")
@@ -93,7 +93,7 @@ def registry_sync(
     kb: Annotated[str | None, typer.Option("--kb", help="One KB (default: all).")] = None,
 ) -> None:
     """Repair the registry from the routing: champion = live, challenger = canary."""
-    from kbrefresh.tracking import sync_registry
+    from kbrefresh.tracking.registry import sync_registry
 
     settings = _settings()
     with _errors():

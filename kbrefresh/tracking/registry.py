@@ -24,13 +24,13 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from kbrefresh import _mlflow as mf
 from kbrefresh import store
-from kbrefresh._mlflow import TrackingError, mlflow_key, tracking_uri
 from kbrefresh.db import connect, describe_database, redact_url
 from kbrefresh.errors import VersionError
-from kbrefresh.evaluation import GateOutcome
+from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import _client as mf
+from kbrefresh.tracking._client import TrackingError, mlflow_key, tracking_uri
 
 __all__ = [
     "CHALLENGER",

@@ -15,9 +15,9 @@ from typing import Any
 
 from kbrefresh.db import redact_url
 from kbrefresh.errors import ConfigError
-from kbrefresh.evaluation import Evaluation, GateOutcome
-from kbrefresh.gate import Verdict
-from kbrefresh.metrics import MetricTable, metric_names
+from kbrefresh.gate.evaluation import Evaluation, GateOutcome
+from kbrefresh.gate.metrics import MetricTable, metric_names
+from kbrefresh.gate.verdict import Verdict
 
 logger = logging.getLogger(__name__)
 

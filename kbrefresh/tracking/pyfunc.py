@@ -17,12 +17,12 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-from kbrefresh._mlflow import DEFAULT_K
 from kbrefresh.embedders import Embedder
 from kbrefresh.errors import ConfigError
-from kbrefresh.evaluation import embedder_for
-from kbrefresh.retrieval import search_live
+from kbrefresh.gate.evaluation import embedder_for
+from kbrefresh.serving.lookup import search_live
 from kbrefresh.settings import Settings
+from kbrefresh.tracking._client import DEFAULT_K
 
 HIT_COLUMNS = (
     "query", "rank", "kb", "version", "chunk_id", "doc_id", "chunk_index", "similarity",

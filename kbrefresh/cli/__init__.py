@@ -1,0 +1,8 @@
+"""The ``kbrefresh`` command line."""
+
+from __future__ import annotations
+
+from kbrefresh.cli import admin  # noqa: F401  (registers its commands on app)
+from kbrefresh.cli.main import app, main
+
+__all__ = ["app", "main"]
