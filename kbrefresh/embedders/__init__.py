@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from kbrefresh.embedders.base import Embedder
 from kbrefresh.embedders.offline import OfflineEmbedder
 from kbrefresh.settings import Settings
 
-__all__ = ["Embedder", "OfflineEmbedder", "OpenAIEmbedder", "estimate_tokens", "make_embedder"]
+__all__ = [
+    "Embedder", "OfflineEmbedder", "OpenAIEmbedder", "embedder_for_spec", "estimate_tokens",
+    "make_embedder",
+]
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -29,6 +35,20 @@ def make_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size,
         batch_max_chars=settings.embed_batch_max_chars,
     )
+
+
+def embedder_for_spec(settings: Settings, spec: Mapping[str, Any]) -> Embedder:
+    """Return an embedder that reproduces the vectors of fingerprint ``spec``."""
+    if spec["provider"] == "offline":
+        return OfflineEmbedder(dims=int(spec["dims"]))
+    configured = make_embedder(settings)
+    if (configured.provider, configured.model, configured.dims) != (
+        spec["provider"], spec["model"], spec["dims"]
+    ):
+        configured = make_embedder(settings.model_copy(
+            update={"embedder": spec["provider"], "embedding_model": spec["model"],
+                    "embedding_dims": spec["dims"]}))
+    return configured
 
 
 def __getattr__(name: str) -> object:

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh.db import connect
-from kbrefresh.embedders import Embedder, OfflineEmbedder, make_embedder
+from kbrefresh.embedders import embedder_for_spec
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
@@ -101,20 +101,6 @@ def auto_golden(conn: store.Conn, kb_id: int, versions: Sequence[int]) -> list[G
     return [GoldenQuery(r["title"], (r["doc_id"],), "all", AUTO_SET) for r in rows]
 
 
-def embedder_for(settings: Settings, spec: dict[str, Any]) -> Embedder:
-    """Return an embedder that reproduces the vectors of fingerprint ``spec``."""
-    if spec["provider"] == "offline":
-        return OfflineEmbedder(dims=int(spec["dims"]))
-    configured = make_embedder(settings)
-    if (configured.provider, configured.model, configured.dims) != (
-        spec["provider"], spec["model"], spec["dims"]
-    ):
-        configured = make_embedder(settings.model_copy(
-            update={"embedder": spec["provider"], "embedding_model": spec["model"],
-                    "embedding_dims": spec["dims"]}))
-    return configured
-
-
 def version_size_bytes(conn: store.Conn, table: str, version: int) -> int:
     """Table + index size attributed to ``version`` by its share of the table's rows."""
     row = conn.execute(
@@ -170,7 +156,7 @@ def evaluate(
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
-    vectors = {v: embedder_for(settings, dict(tables[v].spec)).embed([q.query for q in queries])
+    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed([q.query for q in queries])
                for v in targets}
     results, duplicated = _run(settings, conn, queries, tables, vectors, depth)
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}

@@ -34,10 +34,10 @@ Row = tuple[Literal["query", "feedback"], tuple[Any, ...]]
 
 _QUERY_COPY = (
     "COPY query_log (query_id, kb_id, ts, session_hash, query, version, latency_ms,"
-    " top_doc_ids, top_similarity, query_sketch) FROM STDIN (FORMAT BINARY)"
+    " top_doc_ids, top_similarity, query_sketch, error) FROM STDIN (FORMAT BINARY)"
 )
 _QUERY_TYPES = ["uuid", "int4", "timestamptz", "text", "text", "int4", "float4", "text[]",
-                "float4", "float4[]"]
+                "float4", "float4[]", "text"]
 _FEEDBACK_COPY = (
     "COPY feedback (query_id, kb_id, ts, rating, thumbs) FROM STDIN (FORMAT BINARY)"
 )

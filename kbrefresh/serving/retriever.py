@@ -29,9 +29,8 @@ import psycopg
 from kbrefresh import store
 from kbrefresh.db import database_url as default_database_url
 from kbrefresh.db import redact_url
-from kbrefresh.embedders import Embedder
+from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
-from kbrefresh.gate.evaluation import embedder_for
 from kbrefresh.serving.lookup import check_embedder_matches
 from kbrefresh.serving.querylog import LogWriter, Pool, reason
 from kbrefresh.serving.search import Hit, search_version
@@ -180,22 +179,34 @@ class Retriever:
             raise ConfigError(f"session_id {session_id!r} is invalid; expected text or None")
         hashed = session_hash(self.kb, session_id if session_id else uuid.uuid4().hex)
         version = self._pick_version(canary_bucket(hashed))
-        served = self._serve(version)
-        vector = served.embedder.embed([query])[0]
+        query_id = uuid.uuid4()
         try:
+            served = self._serve(version)
+            vector = served.embedder.embed([query])[0]
             with self._pool.connection() as conn:
                 hits = search_version(conn, served.table, version, vector, k,
                                       session_configured=True)
-        except psycopg.Error as exc:
-            raise self._db_error(exc) from exc
+        except (psycopg.Error, KBRefreshError) as exc:
+            # A failed search is logged too: rollouts and the monitor need its error rate.
+            self._log(query_id, hashed, query, version, started, [], None, type(exc).__name__)
+            if isinstance(exc, psycopg.Error):
+                raise self._db_error(exc) from exc
+            raise
+        latency_ms = self._log(query_id, hashed, query, version, started, hits,
+                               query_sketch(vector), None)
+        return SearchResult(str(query_id), version, tuple(hits), latency_ms)
+
+    def _log(
+        self, query_id: uuid.UUID, hashed: str, query: str, version: int, started: float,
+        hits: list[Hit], sketch: list[float] | None, error: str | None,
+    ) -> float:
         latency_ms = (time.perf_counter() - started) * 1000.0
-        query_id = uuid.uuid4()
         self._writer.put(("query", (
             query_id, self._kb_id, datetime.now(UTC), hashed,
             query[:_MAX_LOGGED_QUERY_CHARS].replace("\x00", "\ufffd"), version, latency_ms,
-            [h.doc_id for h in hits], hits[0].similarity if hits else None, query_sketch(vector),
+            [h.doc_id for h in hits], hits[0].similarity if hits else None, sketch, error,
         )))
-        return SearchResult(str(query_id), version, tuple(hits), latency_ms)
+        return latency_ms
 
     def feedback(
         self, query_id: str | uuid.UUID, *, rating: int | None = None, thumbs: bool | None = None
@@ -308,7 +319,7 @@ class Retriever:
                 check_embedder_matches(self._embedder, fp.spec, kb=self.kb, version=version)
             embedder = self._embedder or self._embedders.get(fp.key)
             if embedder is None:
-                embedder = self._embedders[fp.key] = embedder_for(self._settings, fp.spec)
+                embedder = self._embedders[fp.key] = embedder_for_spec(self._settings, fp.spec)
             served = _Served(fp.table, embedder)
             if len(self._served) >= _MAX_CACHED_VERSIONS:
                 self._served.pop(next(iter(self._served)))

@@ -17,9 +17,8 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-from kbrefresh.embedders import Embedder
+from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError
-from kbrefresh.gate.evaluation import embedder_for
 from kbrefresh.serving.lookup import search_live
 from kbrefresh.settings import Settings
 from kbrefresh.tracking._client import DEFAULT_K
@@ -54,7 +53,7 @@ class KnowledgeBaseVersion(PythonModel):
     ) -> pd.DataFrame:
         k = int((params or {}).get("k", DEFAULT_K))
         if self.embedder is None and self.fingerprint:
-            self.embedder = embedder_for(self.settings, self.fingerprint)
+            self.embedder = embedder_for_spec(self.settings, self.fingerprint)
         rows: list[dict[str, Any]] = []
         for query in _queries(model_input):
             hits = search_live(self.settings, self.kb, query, k=k, version=self.version,
