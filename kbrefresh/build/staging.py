@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg import sql
 
+from kbrefresh._text import tokens_for_chars
 from kbrefresh.models import Chunk, Document
 from kbrefresh.store import (
     ABANDONED,
@@ -201,7 +202,7 @@ class BuildPlan:
 
     @property
     def estimated_tokens(self) -> int:
-        return -(-self.to_embed_chars // 4)
+        return tokens_for_chars(self.to_embed_chars)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"estimated_tokens": self.estimated_tokens}

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kbrefresh import store
+from kbrefresh._text import num
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import connect, describe_database
@@ -112,14 +113,10 @@ def _print_verdict(verdict: Verdict, golden: str) -> None:
     for col in ("rule", "value", "live", "threshold", "result"):
         table.add_column(col, overflow="fold")
     for rule in verdict.rules:
-        table.add_row(escape(rule.name), _num(rule.value), _num(rule.baseline), _num(rule.threshold),
+        table.add_row(escape(rule.name), num(rule.value), num(rule.baseline), num(rule.threshold),
                       "[green]pass[/]" if rule.passed else "[bold red]FAIL[/]")
     console.print(table)
     console.print(escape(verdict.summary), highlight=False)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def _print_hits(settings: Settings, kb: str, text: str, k: int) -> None:

@@ -6,7 +6,7 @@ from kbrefresh.embedders.base import Embedder
 from kbrefresh.embedders.offline import OfflineEmbedder
 from kbrefresh.settings import Settings
 
-__all__ = ["Embedder", "OfflineEmbedder", "OpenAIEmbedder", "estimate_tokens", "make_embedder"]
+__all__ = ["Embedder", "OfflineEmbedder", "OpenAIEmbedder", "make_embedder"]
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -33,7 +33,7 @@ def make_embedder(settings: Settings) -> Embedder:
 
 def __getattr__(name: str) -> object:
     # Importing openai costs ~0.5 s: only when the OpenAI embedder is asked for.
-    if name in ("OpenAIEmbedder", "estimate_tokens"):
+    if name == "OpenAIEmbedder":
         from kbrefresh.embedders import openai as _openai
 
         return getattr(_openai, name)

@@ -25,7 +25,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from kbrefresh import store
-from kbrefresh.db import connect, describe_database, redact_url
+from kbrefresh._text import redact_url, slug
+from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import VersionError
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.settings import Settings
@@ -59,12 +60,12 @@ Artifact = str | bytes | Path | Mapping[str, Any]
 
 def registered_model_name(kb: str) -> str:
     """Return ``kbrefresh-<kb>``, or a slug plus a short hash when ``kb`` is not a safe slug."""
-    return MODEL_NAME_PREFIX + mf.slug(kb)
+    return MODEL_NAME_PREFIX + slug(kb)
 
 
 def experiment_name(kb: str) -> str:
     """Return ``kbrefresh/<kb>`` with the same slug as :func:`registered_model_name`."""
-    return f"kbrefresh/{mf.slug(kb)}"
+    return f"kbrefresh/{slug(kb)}"
 
 
 def gate_metrics(outcome: GateOutcome) -> dict[str, float]:
@@ -131,7 +132,7 @@ def log_build(
     with mf.session(settings) as client:
         try:
             experiment = mf.experiment_id(client, experiment_name(kb), kb)
-            with mlflow.start_run(experiment_id=experiment, run_name=f"{mf.slug(kb)}-v{version}",
+            with mlflow.start_run(experiment_id=experiment, run_name=f"{slug(kb)}-v{version}",
                                   tags={k: mf.text(v, mf.MAX_TAG) for k, v in run_tags.items()}
                                   ) as run:
                 run_id = str(run.info.run_id)

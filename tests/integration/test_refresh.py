@@ -258,9 +258,9 @@ def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: P
     assert result.failures[0].startswith("row_count: ")
     assert statuses(settings, "kb") == {1: "live", 2: "rejected"}
     assert live(settings, "kb") == 1
-    with connect(settings, autocommit=True) as conn:
-        with pytest.raises(VersionError, match="only a 'candidate' can go live"):
-            routing.swap_live(conn, ticket.kb_id, "kb", 2, reason="x", flow_run_id=None)
+    with (connect(settings, autocommit=True) as conn,
+          pytest.raises(VersionError, match="only a 'candidate' can go live")):
+        routing.swap_live(conn, ticket.kb_id, "kb", 2, reason="x", flow_run_id=None)
 
 
 def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path) -> None:
