@@ -1,13 +1,10 @@
-"""What every task shares: which errors are worth a retry, artifact keys, a stopwatch."""
+"""What every task shares: which errors are worth a retry, artifact keys, markdown escaping."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import openai
@@ -114,18 +111,3 @@ def escape_markdown(text: object) -> str:
     """Return ``text`` safe to place in a markdown paragraph or table cell."""
     escaped = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
     return escaped.replace("\r", " ").replace("\n", " ")
-
-
-class Stopwatch:
-    """Time named steps of a flow: ``with clock("embed"): ...``; read ``clock.seconds``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, step: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[step] = round(time.perf_counter() - started, 3)

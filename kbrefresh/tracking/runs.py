@@ -23,7 +23,7 @@ from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.errors import KBRefreshError
 from kbrefresh.gate.evaluation import GateOutcome
-from kbrefresh.refresh.steps import BuildTicket
+from kbrefresh.models import BuildTicket
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
