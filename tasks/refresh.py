@@ -59,7 +59,7 @@ class PrefectStepRunner:
 
     def run(self, step: str, call: Callable[[], T]) -> T:
         options = STEP_OPTIONS.get(step, TASK_OPTIONS)
-        return Task(call, name=step, **options)()
+        return Task(call, name=step, task_run_name=step, **options)()
 
 
 class PrefectHooks(RefreshHooks):
