@@ -29,8 +29,8 @@ def test_defaults_match_the_core_chunker_and_quality_policy() -> None:
          "overlap_chars=5001 is invalid: input should be less than or equal to 5000"),
         ({"max_chars": 1000, "overlap_chars": 1000},
          "overlap_chars (1000) must be below max_chars (1000)"),
-        ({"kb": " padded"}, "kb=' padded' is invalid: knowledge base name ' padded' has leading "
-                            "or trailing spaces"),
+        ({"kb": " padded"}, ("kb=' padded' is invalid: knowledge base name ' padded' has leading "
+                            "or trailing spaces")),
         ({"nope": 1}, "unknown refresh option 'nope'"),
     ],
 )
@@ -49,8 +49,8 @@ def test_the_cli_refuses_bad_options_before_touching_the_database(
     policy.write_text("k: 0\n", encoding="utf-8")
     runner = CliRunner()
     for args, message in [
-        (["--max-chars", "50"], "max_chars=50 is invalid: input should be greater than or equal "
-                                "to 100"),
+        (["--max-chars", "50"], ("max_chars=50 is invalid: input should be greater than or equal "
+                                "to 100")),
         (["--policy", str(policy)], "policy_file="),
     ]:
         result = runner.invoke(app, ["refresh", "--kb", "kb", "--source", str(tmp_path), *args])
