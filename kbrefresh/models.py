@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from kbrefresh.errors import ConfigError
+
+TEMPLATE_FIELDS = ("title", "section", "category", "text")
 
 
 def sha256_text(text: str) -> str:
@@ -67,6 +72,16 @@ class ChunkerConfig:
     min_chars: int = 40
     header_template: str = "{title} › {section}\n\n{text}"
 
+    def __post_init__(self) -> None:
+        """Refuse a config that cannot chunk, before anything is created.
+
+        Raises:
+            ConfigError: a size is out of range or the template has unknown
+                placeholders, is not a format string, or lacks ``{text}``.
+        """
+        _check_sizes(self)
+        _check_template(self.header_template)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "max_chars": self.max_chars,
@@ -74,6 +89,44 @@ class ChunkerConfig:
             "min_chars": self.min_chars,
             "header_template": self.header_template,
         }
+
+
+def _check_sizes(config: ChunkerConfig) -> None:
+    if isinstance(config.max_chars, bool) or not isinstance(config.max_chars, int) \
+            or config.max_chars < 1:
+        raise ConfigError(f"max_chars must be at least 1, got {config.max_chars!r}")
+    if not 0 <= config.overlap_chars < config.max_chars:
+        raise ConfigError(
+            f"overlap_chars must be between 0 and max_chars - 1 ({config.max_chars - 1}), "
+            f"got {config.overlap_chars!r}"
+        )
+    if not 0 <= config.min_chars <= config.max_chars:
+        raise ConfigError(
+            f"min_chars must be between 0 and max_chars ({config.max_chars}), "
+            f"got {config.min_chars!r}"
+        )
+
+
+def _check_template(template: str) -> None:
+    valid = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"header_template {template!r} is not a valid format string "
+            f"({exc}); valid placeholders are {valid}"
+        ) from exc
+    unknown = [name for name in names if name is not None and name not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ConfigError(
+            f"header_template uses unknown placeholder {unknown[0]!r}; "
+            f"valid placeholders are {valid}"
+        )
+    if "text" not in names:
+        raise ConfigError(
+            f"header_template {template!r} must contain {{text}}, "
+            "or the chunk itself would not be embedded"
+        )
 
 
 @dataclass(frozen=True)

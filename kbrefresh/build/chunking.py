@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,13 +33,12 @@ from bs4.element import NavigableString, PreformattedString, Tag
 from markdown_it import MarkdownIt
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
+from kbrefresh.models import TEMPLATE_FIELDS, Chunk, ChunkerConfig, Document, sha256_text
 
 __all__ = ["TEMPLATE_FIELDS", "chunk_document", "chunk_documents", "estimate_tokens"]
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_FIELDS = ("title", "section", "category", "text")
 SECTION_SEPARATOR = " › "
 _BLOCK_SEP = "\n\n"
 _PARAGRAPHS = (re.compile(r"\n[ \t]*\n\s*"), "\n\n")
@@ -74,10 +72,9 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     """Return the chunks of ``doc``, numbered from 0, identical for identical input.
 
     Raises:
-        ConfigError: ``config`` is out of range, its template has unknown
-            placeholders, or ``doc.format`` is not markdown, html or text.
+        ConfigError: ``doc.format`` is not markdown, html or text (a bad ``config``
+            is refused when it is constructed).
     """
-    _check_config(config)
     sections = _parse(doc)
     pieces = _section_texts(sections, config)
     chunks = []
@@ -99,47 +96,11 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
 
 def chunk_documents(docs: Iterable[Document], config: ChunkerConfig) -> Iterator[Chunk]:
     """Yield the chunks of every document in order (lazily, one document at a time)."""
-    _check_config(config)
     for doc in docs:
         yield from chunk_document(doc, config)
 
 
 # -- configuration and template ----------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def _check_config(config: ChunkerConfig) -> None:
-    if config.max_chars < 1:
-        raise ConfigError(f"max_chars must be at least 1, got {config.max_chars!r}")
-    if not 0 <= config.overlap_chars < config.max_chars:
-        raise ConfigError(
-            f"overlap_chars must be between 0 and max_chars - 1 ({config.max_chars - 1}), "
-            f"got {config.overlap_chars!r}"
-        )
-    if not 0 <= config.min_chars <= config.max_chars:
-        raise ConfigError(
-            f"min_chars must be between 0 and max_chars ({config.max_chars}), "
-            f"got {config.min_chars!r}"
-        )
-    valid = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(config.header_template)]
-    except ValueError as exc:
-        raise ConfigError(
-            f"header_template {config.header_template!r} is not a valid format string "
-            f"({exc}); valid placeholders are {valid}"
-        ) from exc
-    unknown = [name for name in names if name is not None and name not in TEMPLATE_FIELDS]
-    if unknown:
-        raise ConfigError(
-            f"header_template uses unknown placeholder {unknown[0]!r}; "
-            f"valid placeholders are {valid}"
-        )
-    if "text" not in names:
-        raise ConfigError(
-            f"header_template {config.header_template!r} must contain {{text}}, "
-            "or the chunk itself would not be embedded"
-        )
 
 
 @lru_cache(maxsize=256)
