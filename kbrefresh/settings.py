@@ -108,6 +108,13 @@ class Settings(BaseSettings):
             raise ValueError("not a postgresql:// URL")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a directory")
+        return value
+
     @field_validator("openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
