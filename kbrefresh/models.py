@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from kbrefresh.errors import ConfigError
 
 TEMPLATE_FIELDS = ("title", "section", "category", "text")
+_TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
 
 
 def sha256_text(text: str) -> str:
@@ -82,6 +85,18 @@ class ChunkerConfig:
         _check_sizes(self)
         _check_template(self.header_template)
 
+    def render(self, text: str, *, title: str, section: str, category: str) -> str:
+        """Return ``header_template`` filled in: the text that gets embedded.
+
+        An empty title, section or category is removed together with the separator
+        next to it (``"{title} › {section}"`` renders as just the title), so no
+        dangling ``" › "`` is embedded.
+        """
+        values = {"title": title, "section": section, "category": category}
+        empty = frozenset(name for name, value in values.items() if not value)
+        template = _template_without(self.header_template, empty) if empty else self.header_template
+        return template.format(text=text, **values).strip()
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "max_chars": self.max_chars,
@@ -89,6 +104,20 @@ class ChunkerConfig:
             "min_chars": self.min_chars,
             "header_template": self.header_template,
         }
+
+
+@lru_cache(maxsize=256)
+def _template_without(template: str, empty: frozenset[str]) -> str:
+    """Drop the placeholders in ``empty`` together with one adjacent separator."""
+    for name in sorted(empty):
+        placeholder = r"\{" + name + r"(?:![rsa])?(?::[^{}]*)?\}"
+        before = re.compile(_TEMPLATE_SEPARATOR + placeholder)
+        after = re.compile(placeholder + _TEMPLATE_SEPARATOR)
+        for pattern in (before, after, re.compile(placeholder)):
+            template, count = pattern.subn("", template, count=1)
+            if count:
+                break
+    return template
 
 
 def _check_sizes(config: ChunkerConfig) -> None:

@@ -13,10 +13,7 @@ editing one section leaves the chunks (and hashes) of every other section unchan
 except that a section shorter than ``min_chars`` is carried into the next chunk of
 the document (or, at the end, appended to the previous one) instead of standing alone.
 
-``embed_text`` is ``header_template`` filled with title, section, category and text.
-When the title, section or category is empty, its placeholder is removed together
-with the separator next to it (``"{title} › {section}"`` renders as just the title),
-so no dangling ``" › "`` is embedded.
+``embed_text`` is ``header_template`` filled in (:meth:`ChunkerConfig.render`).
 """
 
 from __future__ import annotations
@@ -60,7 +57,6 @@ _HTML_CONTAINERS = frozenset(
 )
 _HTML_BLOCKS = _HTML_PARAGRAPHS | _HTML_CONTAINERS | set(_HTML_HEADINGS)
 _HTML_BLOCKS |= {"pre", "ul", "ol", "table", "hr"}
-_TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
 
 
 def estimate_tokens(text: str) -> int:
@@ -79,7 +75,8 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     pieces = _section_texts(sections, config)
     chunks = []
     for index, (section, text) in enumerate(pieces):
-        embed_text = _render(config.header_template, doc, section, text)
+        embed_text = config.render(text, title=doc.title.strip(), section=section,
+                                   category=doc.category)
         chunks.append(
             Chunk(
                 doc_id=doc.doc_id,
@@ -98,31 +95,6 @@ def chunk_documents(docs: Iterable[Document], config: ChunkerConfig) -> Iterator
     """Yield the chunks of every document in order (lazily, one document at a time)."""
     for doc in docs:
         yield from chunk_document(doc, config)
-
-
-# -- configuration and template ----------------------------------------------------
-
-
-@lru_cache(maxsize=256)
-def _template_without(template: str, empty: frozenset[str]) -> str:
-    """Drop the placeholders in ``empty`` together with one adjacent separator."""
-    for name in sorted(empty):
-        placeholder = r"\{" + name + r"(?:![rsa])?(?::[^{}]*)?\}"
-        before = re.compile(_TEMPLATE_SEPARATOR + placeholder)
-        after = re.compile(placeholder + _TEMPLATE_SEPARATOR)
-        for pattern in (before, after, re.compile(placeholder)):
-            template, count = pattern.subn("", template, count=1)
-            if count:
-                break
-    return template
-
-
-def _render(template: str, doc: Document, section: str, text: str) -> str:
-    values = {"title": doc.title.strip(), "section": section, "category": doc.category}
-    empty = frozenset(name for name, value in values.items() if not value)
-    if empty:
-        template = _template_without(template, empty)
-    return template.format(text=text, **values).strip()
 
 
 # -- parsing into sections ---------------------------------------------------------

@@ -63,8 +63,7 @@ def warm_up() -> threading.Thread:
             # requirements are checked; a private helper, hence the suppress.
             from mlflow.utils.requirements_utils import _init_packages_to_modules_map
 
-            from kbrefresh.tracking import registry  # noqa: F401
-            from kbrefresh.tracking import reports
+            from kbrefresh.tracking import registry, reports  # noqa: F401
 
             _init_packages_to_modules_map()  # type: ignore[no-untyped-call]
 
@@ -99,7 +98,8 @@ def record_build(
 ) -> BuildRecord:
     """Log the build as an MLflow run; register the version when it passed the gate."""
     try:
-        from kbrefresh.tracking import registry as tracking  # MLflow, matplotlib: seconds, so only here
+        # MLflow, matplotlib: seconds, so only here
+        from kbrefresh.tracking import registry as tracking
         from kbrefresh.tracking import reports
 
         with connect(settings) as conn:

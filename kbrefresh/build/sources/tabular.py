@@ -12,8 +12,6 @@ import pandas as pd
 import sqlalchemy
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from kbrefresh.errors import SourceError
-from kbrefresh.models import Document
 from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
@@ -21,6 +19,8 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
+from kbrefresh.errors import SourceError
+from kbrefresh.models import Document
 
 logger = logging.getLogger(__name__)
 
