@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from textwrap import shorten
 from typing import Annotated
 
 import typer
@@ -51,7 +52,7 @@ def _print_hits(settings: Settings, kb: str, text: str, k: int, *, wide: bool = 
     rows = [
         {"rank": rank, "similarity": round(hit.similarity, 4), "doc_id": hit.doc_id,
          "version": hit.version, "section": str(hit.metadata.get("section", "")),
-         "text": " ".join(hit.content.split())[: None if as_json else 100]}
+         "text": hit.content if as_json else shorten(hit.content, 100, placeholder=" …")}
         for rank, hit in enumerate(hits, start=1)
     ]
     title = f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}"
