@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from kbrefresh.cli import app
 from kbrefresh.settings import Settings
+from tests.support.cli import BAD_SETTINGS, assert_one_error_line
 from tests.support.corpus import write_corpus
-from tests.unit.test_cli_edge import BAD_SETTINGS, assert_one_error_line
 
 pytestmark = pytest.mark.integration
 
