@@ -122,8 +122,13 @@ def print_table(table: Table, *, wide: bool = False) -> None:
     """Print ``table`` in the terminal's width; ``wide`` tables keep their natural width.
 
     A wide listing is for a wide terminal or a pager (``less -S``): squeezing every
-    column into 80 characters would cut each to a few letters.
+    column into 80 characters would cut each to a few letters. The title is a line of
+    its own, wrapped to the terminal: as a table title it would wrap to the table's
+    (possibly narrow) width.
     """
+    title, table.title = table.title, None
+    if title:
+        console.print(title, style="bold", highlight=False)
     if wide:
         natural = Measurement.get(console, console.options.update_width(WIDE_MAX), table).maximum
         if natural > console.width:

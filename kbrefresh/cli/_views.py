@@ -69,7 +69,7 @@ def print_report(report: RefreshReport) -> None:
     ]
     for name, value in rows:
         table.add_row(name, str(value))
-    console.print(table)
+    print_table(table)
     if report.mlflow_run_id:
         registered = f", model version {report.model_version}" if report.model_version else ""
         console.print(escape(f"MLflow run {report.mlflow_run_id}{registered} (alias champion)"))
