@@ -8,7 +8,7 @@ from prefect import flow
 
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
-from kbrefresh.settings import Settings
+from kbrefresh.settings import load_settings
 from tasks import PrefectStepRunner
 
 
@@ -29,4 +29,4 @@ def scheduled_refresh(params: RefreshRequest) -> dict[str, Any]:
     Each step is a task named like the step (the same steps `kbrefresh refresh` runs).
     Summary: artifact kbrefresh-refresh-<kb>. Undo a swap with the rollback-kb deployment.
     """
-    return run_refresh(Settings(), params, runner=PrefectStepRunner()).as_dict()
+    return run_refresh(load_settings(), params, runner=PrefectStepRunner()).as_dict()

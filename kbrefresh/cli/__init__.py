@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kbrefresh.cli import admin  # noqa: F401  (registers its commands on app)
-from kbrefresh.cli.main import app, main
+from kbrefresh.cli._common import app
+from kbrefresh.cli.main import main
 
 __all__ = ["app", "main"]

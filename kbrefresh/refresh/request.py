@@ -72,10 +72,11 @@ class RefreshRequest(BaseModel):
         description="Acceptance policy file (YAML/TOML); empty means the default policy")
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> RefreshRequest:
-        if self.overlap_chars >= self.max_chars:
-            raise ValueError(f"overlap_chars ({self.overlap_chars}) must be below "
-                             f"max_chars ({self.max_chars})")
+    def _valid_chunker(self) -> RefreshRequest:
+        try:  # the chunker's own rules, checked before anything is created
+            self.chunker()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def chunker(self) -> ChunkerConfig:
