@@ -245,13 +245,14 @@ def welch_test(metric: str, cand: npt.ArrayLike, ctrl: npt.ArrayLike, alpha: flo
     """Welch's t-test (unequal variances) on means, with its interval of the difference."""
     _check_alpha(alpha)
     a, b = _two_samples(metric, cand, ctrl)
-    result = stats.ttest_ind(a, b, equal_var=False)
-    p_value = float(result.pvalue)
-    if not math.isfinite(p_value):  # both arms constant: nothing tells them apart
-        p_value = 1.0 if a.mean() == b.mean() else 0.0
-    low, high = _welch_interval(a, b, alpha)
-    return Comparison(metric, "Welch t", float(a.mean()), float(b.mean()),
-                      float(a.mean() - b.mean()), low, high, p_value, p_value < alpha,
+    diff = float(a.mean() - b.mean())
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # both arms constant: no variance to test
+        p_value, low, high = (1.0 if diff == 0 else 0.0), diff, diff
+    else:
+        p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        low, high = _welch_interval(a, b, alpha)
+    return Comparison(metric, "Welch t", float(a.mean()), float(b.mean()), diff, low, high,
+                      p_value, p_value < alpha,
                       int(a.size), int(b.size))
 
 
