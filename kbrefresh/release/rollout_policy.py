@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from kbrefresh.errors import ConfigError
 from kbrefresh.release.analysis import CanaryLimits
@@ -87,14 +88,16 @@ def parse_rollout_policy(data: Any, *, source: str = "policy") -> RolloutPolicy:
     try:
         return RolloutPolicy.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            + (f", got {e['input']!r}" if e["type"] not in ("value_error", "extra_forbidden",
-                                                             "missing") else "")
-            for e in exc.errors()
-        )
+        problems = "; ".join(_describe(e) for e in exc.errors())
         raise ConfigError(f"{source}: invalid rollout policy: {problems}") from exc
+
+
+def _describe(error: ErrorDetails) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] not in ("value_error", "extra_forbidden", "missing"):
+        message += f", got {error['input']!r}"
+    return f"{where}: {message}" if where else message
 
 
 def load_rollout_policy(path: str | Path) -> RolloutPolicy:
