@@ -168,9 +168,20 @@ def demo(
     kb: KbOpt = "helpcenter",
     question: Annotated[str, typer.Option(help="Sample query to run at the end.")] =
         "how do I rotate my API key?",
+    scenario: Annotated[str, typer.Option(
+        help="refresh (monthly blue/green), canary or ab (rollouts with simulated traffic).")] =
+        "refresh",
 ) -> None:
-    """Run the monthly-refresh scenario on the bundled help center, on embedded defaults."""
+    """Run a playbook scenario on the bundled help center, on embedded defaults."""
     settings = _settings()
+    if scenario != "refresh":
+        from kbrefresh.cli.rollout_demo import run_scenario
+
+        with _errors():
+            if scenario not in ("canary", "ab"):
+                raise ConfigError(f"unknown scenario {scenario!r}; expected refresh, canary or ab")
+            run_scenario(settings, scenario)
+        return
     work = settings.data_dir / "demo" / "helpcenter"
     console.print(escape(f"database: {describe_database(settings)}"))
     with _errors():
