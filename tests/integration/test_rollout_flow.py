@@ -123,3 +123,13 @@ def test_a_cli_rejection_is_recorded_then_the_paused_run_resumes(
     with connect(env) as conn:
         assert conn.execute("SELECT status FROM kb_versions WHERE kb_id = %s AND version = 2",
                             (staged.kb_id,)).fetchone() == {"status": "rejected"}
+
+
+def test_prefect_yaml_deploys_rollout_step_every_ten_minutes() -> None:
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text("utf-8"))
+    [deployment] = [d for d in spec["deployments"] if d["name"] == "rollout-step"]
+    assert deployment["entrypoint"] == "flows/rollout_step.py:rollout_step"
+    assert deployment["schedules"] == [{"cron": "*/10 * * * *", "timezone": "UTC", "active": True}]
+    assert deployment["concurrency_limit"] == 1 and rollout_step.name == "rollout-step"
