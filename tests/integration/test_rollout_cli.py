@@ -61,3 +61,17 @@ def test_demo_rejects_an_unknown_scenario(cli_env: Settings) -> None:
     result = CliRunner().invoke(app, ["demo", "--scenario", "shadow"])
     assert result.exit_code == 1
     assert "error: unknown scenario 'shadow'; expected refresh, canary or ab" in result.output
+
+
+def test_canary_demo_promotes_one_candidate_and_aborts_the_damaged_one(
+    cli_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KBREFRESH_EMBEDDING_DIMS")  # the demo's own embedder, as users run it
+    result = CliRunner().invoke(app, ["demo", "--scenario", "canary"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "rollout #1: canary of v2 against live v1: steps 5%, 50%, 100%" in out
+    assert "-> advance: step 1/3 at 5%: every check passed" in out
+    assert "v2: promoted" in out
+    assert "rollout #2: canary of v3 against live v2" in out
+    assert "-> abort: error_rate: 100.0% of" in out and "v3: aborted" in out
