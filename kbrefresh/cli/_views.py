@@ -10,6 +10,7 @@ from rich.table import Table
 
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.cli._common import Col, console, err, listing_table, print_json, print_table
+from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.verdict import Verdict
 from kbrefresh.refresh import sequence
 from kbrefresh.refresh.request import parse_request
@@ -54,13 +55,19 @@ class _Progress(RefreshHooks):
         self.bar.update(self.task, completed=done, total=total)
 
 
-def run_refresh(settings: Settings, **options: Any) -> RefreshReport:
-    """Run the refresh sequence with plain calls, a progress bar and the plan printed."""
+def run_refresh(
+    settings: Settings, *, policy: AcceptancePolicy | None = None, **options: Any
+) -> RefreshReport:
+    """Run the refresh sequence with plain calls, a progress bar and the plan printed.
+
+    ``options`` are the fields of a ``RefreshRequest``; ``policy`` replaces its policy file.
+    """
     request = parse_request(**options)  # every bound checked before anything is created
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         progress = _Progress(bar)
-        report = sequence.run_refresh(settings, request, runner=DirectRunner(), hooks=progress)
+        report = sequence.run_refresh(settings, request, runner=DirectRunner(), hooks=progress,
+                                      policy=policy)
         bar.update(progress.task, completed=report.texts_embedded)
     return report
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from textwrap import shorten
 from typing import Annotated
@@ -36,7 +35,6 @@ from kbrefresh.tracking import runs as records
 
 __all__ = ["app", "main"]
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "helpcenter"
 
 
 HIT_COLUMNS = (
@@ -45,7 +43,7 @@ HIT_COLUMNS = (
 )
 
 
-def _print_hits(settings: Settings, kb: str, text: str, k: int, *, wide: bool = False,
+def print_hits(settings: Settings, kb: str, text: str, k: int, *, wide: bool = False,
                 as_json: bool = False) -> None:
     hits = search_live(settings, kb, text, k=k)
     rows = [
@@ -84,61 +82,6 @@ def refresh_kb(
             policy_file=str(policy) if policy else None, reason="refresh",
         )
         print_report(report)
-
-
-@app.command()
-def demo(
-    kb: KbOpt = "helpcenter",
-    question: Annotated[str, typer.Option(help="Sample query to run at the end.")] =
-        "how do I rotate my API key?",
-) -> None:
-    """Run the monthly-refresh scenario on the bundled help center, on embedded defaults."""
-    settings = read_settings()
-    work = settings.data_dir / "demo" / "helpcenter"
-    console.print(escape(f"database: {describe_database(settings)}"))
-    with errors():
-        _copy_tree(SAMPLES / "base", work)
-        console.rule("month 1: build from the bundled help center")
-        print_report(run_refresh(settings, kb=kb, source=str(work), reason="demo: first build"))
-        for name in ("smoke", "technical", "general"):
-            loaded = load_golden(settings, kb, SAMPLES / "golden" / f"{name}.jsonl")
-            console.print(f"golden set {name!r}: {loaded.loaded} queries loaded"
-                          + (f", unknown doc ids {sorted(loaded.unknown_ids)}" if loaded.unknown_ids else ""))
-        changes = _apply_change_set(SAMPLES / "next_month", work)
-        console.rule(f"month 2: {changes}")
-        print_report(run_refresh(settings, kb=kb, source=str(work), reason="demo: monthly refresh"))
-        _print_hits(settings, kb, question, 5)
-    console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`,"
-                  " `kbrefresh eval --kb helpcenter`")
-    if settings.tracking:
-        from kbrefresh.tracking.registry import tracking_uri
-
-        console.print(escape(f"MLflow store: {tracking_uri(settings)} (browse it with "
-                             f"`pip install mlflow && mlflow ui --backend-store-uri {tracking_uri(settings)}`)"))
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-
-
-def _apply_change_set(change_set: Path, work: Path) -> str:
-    counts = {}
-    for kind in ("changed", "new"):
-        files = [p for p in (change_set / kind).rglob("*") if p.is_file()]
-        for path in files:
-            target = work / path.relative_to(change_set / kind)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        counts[kind] = len(files)
-    deleted = [
-        line.strip() for line in (change_set / "deleted.txt").read_text("utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    for rel in deleted:
-        (work / rel).unlink(missing_ok=True)
-    return f"{counts['changed']} changed, {counts['new']} new, {len(deleted)} deleted documents"
 
 
 golden_app = typer.Typer(help="Golden query sets used by the validation gate.", no_args_is_help=True)
@@ -232,7 +175,7 @@ def query_cmd(
     settings = read_settings()
     with errors():
         name = kb or _only_kb(settings)
-        _print_hits(settings, name, text, k, wide=wide, as_json=as_json)
+        print_hits(settings, name, text, k, wide=wide, as_json=as_json)
 
 
 def _only_kb(settings: Settings) -> str:

