@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     maintenance_work_mem: str = "1GB"
     keep_versions: int = Field(default=2, ge=1, le=100)
 
+    # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
+    # receives JSON, and Prefect notification blocks by name ("slack-oncall,email-ml").
+    notify_webhook_url: SecretStr | None = None
+    notify_blocks: str = ""
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
     @field_validator("embedder")
     @classmethod
     def _known_embedder(cls, value: str) -> str:

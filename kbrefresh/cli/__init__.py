@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kbrefresh.cli import admin  # noqa: F401  (registers its commands on app)
+from kbrefresh.cli import admin, monitor  # noqa: F401  (register their commands on app)
 from kbrefresh.cli.main import app, main
 
 __all__ = ["app", "main"]

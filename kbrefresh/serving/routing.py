@@ -202,14 +202,15 @@ def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
     rows = conn.execute(
         "SELECT v.version, v.status, f.table_name FROM kb_versions v "
         "JOIN kb_fingerprints f ON f.id = v.fingerprint_id WHERE v.kb_id = %s "
-        "AND v.status IN ('live', 'retired', 'canary', 'candidate', 'building') ORDER BY v.version DESC",
+        "AND v.status IN ('live', 'proven', 'retired', 'canary', 'candidate', 'building') "
+        "ORDER BY v.version DESC",
         (kb_id,),
     ).fetchall()
-    servable = [r for r in rows if r["status"] in ("live", "retired")]
+    servable = [r for r in rows if r["status"] in ("live", "proven", "retired")]
     kept_servable = [r for r in servable if r["version"] == live][:1]
     kept_servable += [r for r in servable if r["version"] != live][: max(keep - 1, 0)]
     kept = {int(r["version"]) for r in kept_servable} | {
-        int(r["version"]) for r in rows if r["status"] not in ("live", "retired")
+        int(r["version"]) for r in rows if r["status"] not in ("live", "proven", "retired")
     }
     archived = [int(r["version"]) for r in servable if int(r["version"]) not in kept]
     with conn.transaction():
@@ -236,7 +237,7 @@ def _unused_tables(conn: Conn, kb_id: int) -> list[str]:
         for r in conn.execute(
             "SELECT f.table_name FROM kb_fingerprints f WHERE f.kb_id = %s AND NOT EXISTS ("
             " SELECT 1 FROM kb_versions v WHERE v.fingerprint_id = f.id AND v.status IN"
-            " ('live', 'retired', 'canary', 'candidate', 'building'))",
+            " ('live', 'proven', 'retired', 'canary', 'candidate', 'building'))",
             (kb_id,),
         ).fetchall()
     ]

@@ -1,0 +1,41 @@
+"""Send notices: the core's webhook plus Prefect notification blocks loaded by name."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import NotificationBlock
+
+from kbrefresh.release import notify as notices
+from kbrefresh.release.notify import Notice
+from kbrefresh.settings import Settings
+
+
+def deliver(settings: Settings, notice: Notice, blocks: tuple[str, ...] = ()) -> list[str]:
+    """Send ``notice`` everywhere configured; return the problems (never raise).
+
+    Block names are ``<block-type-slug>/<name>`` (``slack-webhook/oncall``).
+    """
+    problems = notices.send(settings, notice)
+    for name in notices.block_names(settings, blocks):
+        try:
+            block = Block.load(name)
+            if not isinstance(block, NotificationBlock):
+                problems.append(f"block {name!r} is a {type(block).__name__}, not a notification block")
+                continue
+            block.notify(notice.text(), subject=notice.title)
+        except Exception as exc:  # noqa: BLE001 - a notification never fails the flow; it is reported
+            problems.append(f"block {name!r} failed: {type(exc).__name__}: {exc}")
+    return problems
+
+
+@task(retries=0)
+def send_notice(notice: Notice, blocks: tuple[str, ...] = ()) -> list[str]:
+    """Send ``notice`` to the webhook and blocks; log and return problems instead of failing."""
+    problems = deliver(Settings(), notice, blocks)
+    logger = get_run_logger()
+    for problem in problems:
+        logger.warning("notification %r for %r not delivered: %s", notice.kind, notice.kb, problem)
+    if not problems:
+        logger.info("notified %r: %s", notice.kind, notice.title)
+    return problems
