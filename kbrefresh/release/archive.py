@@ -74,7 +74,8 @@ def write_archive(conn: store.Conn, kb_id: int, version: int, target: Path) -> t
         + store.in_version() + sql.SQL(" ORDER BY c.doc_id, c.chunk_index"),
         {"version": version},
     ).fetchall()
-    vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(-1, fp.dims)
+    vectors = np.asarray([r["embedding"].to_numpy() for r in rows],
+                         dtype=np.float32).reshape(-1, fp.dims)
     chunks = pa.table({
         "doc_id": [r["doc_id"] for r in rows], "chunk_index": [r["chunk_index"] for r in rows],
         "content": [r["content"] for r in rows], "content_hash": [r["content_hash"] for r in rows],
