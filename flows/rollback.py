@@ -8,8 +8,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, Field
 
-from kbrefresh.store import validate_kb_name
 from kbrefresh.release.notify import Notice
+from kbrefresh.store import validate_kb_name
 from tasks import report_rollback, rollback_live_version, sync_registry_aliases
 from tasks.monitor import schedule_monitoring
 from tasks.notify import send_notice

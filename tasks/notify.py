@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
+from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
-from prefect.blocks.notifications import NotificationBlock
 
 from kbrefresh.release import notify as notices
 from kbrefresh.release.notify import Notice
@@ -23,7 +25,9 @@ def deliver(settings: Settings, notice: Notice, blocks: tuple[str, ...] = ()) ->
             if not isinstance(block, NotificationBlock):
                 problems.append(f"block {name!r} is a {type(block).__name__}, not a notification block")
                 continue
-            block.notify(notice.text(), subject=notice.title)
+            # async_dispatch: called from a sync task this runs the sync implementation.
+            send_block: Any = block.notify
+            send_block(notice.text(), subject=notice.title)
         except Exception as exc:  # noqa: BLE001 - a notification never fails the flow; it is reported
             problems.append(f"block {name!r} failed: {type(exc).__name__}: {exc}")
     return problems

@@ -201,4 +201,23 @@ def test_a_publish_schedules_runs_and_a_later_publish_cancels_them(env: Settings
     assert by_state == {(StateType.CANCELLED, 2), (StateType.SCHEDULED, 3)}
     starts = sorted(r.expected_start_time for r in runs if r.state_type == StateType.SCHEDULED)
     hours = [(s - (t0 + timedelta(hours=5))).total_seconds() / 3600 for s in starts]
-    assert hours[:13:12] == [2, 24] and hours[-1] == 7 * 24
+    assert (hours[0], hours[11], hours[12], hours[-1]) == (2, 24, 48, 7 * 24)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prefect_notification_blocks_by_name_and_a_missing_one_reported() -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from kbrefresh.release.notify import Notice
+    from tasks.notify import deliver
+
+    with webhook_receiver() as hook:
+        CustomWebhookNotificationBlock(url=hook.url, json_data={"text": "{{body}}"},
+                                       allow_private_urls=True).save("kbrefresh-oncall",
+                                                                     overwrite=True)
+        problems = deliver(Settings(notify_blocks="custom-webhook/kbrefresh-oncall,missing/none"),
+                           Notice("test", "kb", {}, "kbrefresh notify test"))
+    assert hook.received == [{"text": "kbrefresh: 'kb' test notification\n"
+                                      "reason: kbrefresh notify test"}]
+    assert problems == ["block 'missing/none' failed: ValueError: Unable to find block document "
+                        "named none for block type missing"]

@@ -24,7 +24,7 @@ def webhook_receiver(status: int = 200) -> Iterator[Receiver]:
     receiver = Receiver(url="", status=status)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             receiver.received.append(json.loads(body or b"{}"))
             self.send_response(receiver.status)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.release.monitor import FAIL, NO_DATA, PASS, WARN, Measurements, anomalous_buckets, judge
+from kbrefresh.release.monitor import (
+    FAIL,
+    NO_DATA,
+    PASS,
+    WARN,
+    Measurements,
+    anomalous_buckets,
+    judge,
+)
 from kbrefresh.release.notify import Notice
 from kbrefresh.release.policy import ReleasePolicy, check_times, load_release_policy
 
@@ -16,10 +24,10 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def m(**kw: object) -> Measurements:
-    base: dict[str, object] = dict(version=2, searches=100, error_rate=0.01, p95_latency_ms=40.0,
-                                   empty_rate=0.0, low_similarity_rate=0.1, satisfaction=4.3,
-                                   feedback=50, baseline_satisfaction=4.3, golden_accuracy=0.9,
-                                   validated_accuracy=0.9)
+    base: dict[str, object] = {"version": 2, "searches": 100, "error_rate": 0.01, "p95_latency_ms": 40.0,
+                                   "empty_rate": 0.0, "low_similarity_rate": 0.1, "satisfaction": 4.3,
+                                   "feedback": 50, "baseline_satisfaction": 4.3, "golden_accuracy": 0.9,
+                                   "validated_accuracy": 0.9}
     return Measurements(**(base | kw))  # type: ignore[arg-type]
 
 
