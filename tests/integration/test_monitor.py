@@ -51,7 +51,7 @@ def traffic(settings: Settings, kb: str, start: datetime, *, n: int = 100, faile
         conn.cursor().executemany(
             "INSERT INTO query_log (query_id, kb_id, ts, session_hash, query, version, latency_ms,"
             " top_doc_ids, top_similarity, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(uuid.uuid4(), kb_id, start + timedelta(milliseconds=5 * i), f"s{i}", f"q{i}", live,
+            [(uuid.uuid4(), kb_id, start + timedelta(microseconds=10 * i), f"s{i}", f"q{i}", live,
               latency_ms, [] if i < failed else ["technical/doc-001"], None if i < failed else 0.7,
               "QueryCanceled" if i < failed else None) for i in range(n)])
         conn.commit()
@@ -212,12 +212,12 @@ def test_prefect_notification_blocks_by_name_and_a_missing_one_reported() -> Non
     from tasks.notify import deliver
 
     with webhook_receiver() as hook:
-        CustomWebhookNotificationBlock(url=hook.url, json_data={"text": "{{body}}"},
+        CustomWebhookNotificationBlock(name="kbrefresh", url=hook.url, json_data={"text": "{{body}}"},
                                        allow_private_urls=True).save("kbrefresh-oncall",
                                                                      overwrite=True)
         problems = deliver(Settings(notify_blocks="custom-webhook/kbrefresh-oncall,missing/none"),
                            Notice("test", "kb", {}, "kbrefresh notify test"))
     assert hook.received == [{"text": "kbrefresh: 'kb' test notification\n"
                                       "reason: kbrefresh notify test"}]
-    assert problems == ["block 'missing/none' failed: ValueError: Unable to find block document "
-                        "named none for block type missing"]
+    assert problems == [("block 'missing/none' failed: ValueError: Unable to find block document "
+                        "named none for block type missing")]
