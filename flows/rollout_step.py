@@ -10,8 +10,11 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import AfterValidator, BaseModel, Field
 
+from kbrefresh.release.notify import Notice
 from kbrefresh.store import validate_kb_name
 from tasks import sync_registry_aliases
+from tasks.monitor import schedule_monitoring
+from tasks.notify import send_notice
 from tasks.rollout import (
     MOVED,
     apply_rollout_action,
@@ -81,6 +84,12 @@ def rollout_step(params: RolloutStepParameters) -> dict[str, Any]:
     if t.action in ("promote", "keep_live"):
         record_ab_result(t)
     emit_rollout_event(t, flow_run.id)
+    if t.action in ("promote", "abort"):
+        send_notice(Notice(f"rollout_{'promoted' if t.action == 'promote' else 'aborted'}",
+                           params.kb, {"candidate": t.rollout.candidate,
+                                       "control": t.rollout.control}, t.detail))
+    if t.action == "promote":
+        schedule_monitoring(params.kb, t.rollout.candidate, f"rollout #{t.rollout.id} promoted")
     report_rollout(t)
     return {"kb": params.kb, "rollout_id": t.rollout.id, "action": t.action,
             "state": t.rollout.state, "percent": t.rollout.percent, "detail": t.detail}

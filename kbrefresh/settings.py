@@ -41,8 +41,11 @@ EXPECTED: dict[str, str] = {
     "tracking": "true or false",
     "maintenance_work_mem": "a PostgreSQL memory size from 1MB to 64GB, such as 64MB or 1GB",
     "keep_versions": "an integer from 1 to 100",
+    "notify_webhook_url": "an http:// or https:// URL",
+    "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
+    "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
 }
-SECRETS = frozenset({"database_url", "openai_api_key"})
+SECRETS = frozenset({"database_url", "openai_api_key", "notify_webhook_url"})
 
 
 def default_data_dir() -> Path:
@@ -92,6 +95,12 @@ class Settings(BaseSettings):
     maintenance_work_mem: str = "1GB"
     keep_versions: int = Field(default=2, ge=1, le=100)
 
+    # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
+    # receives JSON, and Prefect notification blocks by name ("slack-oncall,email-ml").
+    notify_webhook_url: SecretStr | None = None
+    notify_blocks: str = ""
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
     @field_validator("embedder")
     @classmethod
     def _known_embedder(cls, value: str) -> str:
@@ -122,6 +131,21 @@ class Settings(BaseSettings):
             parts = urlsplit(value)
             if parts.scheme not in {"http", "https"} or not parts.netloc:
                 raise ValueError("not an http(s) URL")
+        return value
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @field_validator("notify_blocks")
+    @classmethod
+    def _block_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any("/" not in n or n.startswith("/") or n.endswith("/") for n in names):
+            raise ValueError("not block-type/name pairs")
         return value
 
     @field_validator("maintenance_work_mem")

@@ -26,6 +26,8 @@ BAD_SETTINGS = [
     ("MAINTENANCE_WORK_MEM", "512kB", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("KEEP_VERSIONS", "0", "expected an integer from 1 to 100"),
     ("DATA_DIR", "/dev/null", "expected a directory path"),
+    ("NOTIFY_BLOCKS", "oncall", "expected comma-separated Prefect block names"),
+    ("NOTIFY_TIMEOUT_SECONDS", "0", "expected a number of seconds > 0 and <= 120"),
 ]
 SECRET = "s3cret-Pa55"
 
