@@ -22,7 +22,8 @@ from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
 from kbrefresh.gate.evaluation import load_golden, run_gate
 from kbrefresh.gate.policy import load_policy
-from kbrefresh.gate.verdict import Verdict
+from kbrefresh.gate.pruning import prune_golden
+from kbrefresh.gate.verdict import Verdict, interval
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.refresh.sequence import RefreshReport, refresh
 from kbrefresh.serving import routing
@@ -109,10 +110,11 @@ def _print_report(report: RefreshReport) -> None:
 
 def _print_verdict(verdict: Verdict, golden: str) -> None:
     table = Table(title=escape(f"validation gate: {'PASSED' if verdict.passed else 'FAILED'} ({golden})"))
-    for col in ("rule", "value", "live", "threshold", "result"):
+    for col in ("rule", "live", "candidate", "Δ", "CI", "n", "threshold", "result"):
         table.add_column(col, overflow="fold")
     for rule in verdict.rules:
-        table.add_row(escape(rule.name), _num(rule.value), _num(rule.baseline), _num(rule.threshold),
+        table.add_row(escape(rule.name), _num(rule.baseline), _num(rule.value), _num(rule.delta),
+                      interval(rule), "-" if rule.n is None else str(rule.n), _num(rule.threshold),
                       "[green]pass[/]" if rule.passed else "[bold red]FAIL[/]")
     console.print(table)
     console.print(escape(verdict.summary), highlight=False)
@@ -235,6 +237,22 @@ def golden_load(
             console.print(escape(f"{path}: {report.loaded} queries in sets {report.sets}"))
             for doc_id, rows in sorted(report.unknown_ids.items()):
                 err.print("[yellow]warning:[/] " + escape(f"doc id {doc_id!r} (queries {rows}) is not in {kb!r}"))
+
+
+@golden_app.command("prune")
+def golden_prune(
+    kb: KbOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, archive nothing.")] = False,
+) -> None:
+    """Archive golden queries answerable only by documents the source deleted."""
+    settings = _settings()
+    with _errors():
+        pruned = prune_golden(settings, kb, dry_run=dry_run)
+    for q in pruned:
+        console.print(escape(f"{q.set_name}/{q.slice}: {q.query!r}"), highlight=False)
+    verb = "would archive" if dry_run else "archived"
+    console.print(escape(f"{kb!r}: {verb} {len(pruned)} golden quer{'y' if len(pruned) == 1 else 'ies'}"
+                         " answerable only by deleted documents"))
 
 
 @app.command(name="eval")
