@@ -178,7 +178,7 @@ PREFIX = "p.yaml: invalid acceptance policy: "
             {"k": 3, "rules": [{"metric": "hit@5", "lower_bound": 0.5}]},
             (
                 "rules[0].metric: unknown metric 'hit@5'; valid metrics: hit@3, recall@3, mrr,"
-                " ndcg@10, latency_p50_ms, latency_p95_ms, precision@5, f1@5"
+                " ndcg@10, latency_p50_ms, latency_p95_ms, precision@3, f1@3"
             ),
         ),
         (
