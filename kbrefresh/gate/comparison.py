@@ -112,9 +112,13 @@ def _judge_difference(
     level = f"{policy.confidence:.0%}"
     shown = f"Δ {_signed(diff.delta)}, {level} CI [{_signed(diff.low)}, {_signed(diff.high)}], n={diff.n}"
     catastrophic = policy.catastrophic_drop
+    # The drop must be catastrophic with the policy's confidence: on a 14-query slice a
+    # point drop of 10 points is 1.4 queries, exactly the noise small slices are spared.
+    surely_worse = -diff.high if higher else diff.low
     if (catastrophic is not None and diff.n >= policy.catastrophic_min_queries
-            and worse >= catastrophic - EPSILON):
-        passed, why = False, f"catastrophic: {fmt(worse)} ≥ {fmt(catastrophic)} worse on {diff.n} queries"
+            and surely_worse >= catastrophic - EPSILON):
+        passed, why = False, (f"catastrophic: worse by ≥ {fmt(catastrophic)} with {level} "
+                              f"confidence on {diff.n} queries")
     elif diff.n < policy.min_slice_size:
         passed, why = True, f"{diff.n} < {policy.min_slice_size} queries: reported, cannot fail alone"
     elif higher:

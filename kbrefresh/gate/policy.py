@@ -20,8 +20,9 @@ Change thresholds on quality metrics (means of per-query scores) are judged on t
 paired difference candidate − live and its ``confidence`` interval: a rule fails
 only when the whole interval lies below the tolerated drop, i.e. the drop is beyond
 the tolerance with that confidence. A slice under ``min_slice_size`` queries is
-reported but cannot fail alone, unless it loses ``catastrophic_drop`` or more and has
-at least ``catastrophic_min_queries`` queries (which fails whatever the interval).
+reported but cannot fail alone, unless it has at least ``catastrophic_min_queries``
+queries and the interval shows a loss of ``catastrophic_drop`` or more (the whole
+interval beyond it): that fails any slice, whatever its size and the tolerance.
 
 Disparity rules compare the gap between the best and worst slice (slices of at
 least ``min_slice_size`` queries): ``max_increase`` fails when the candidate's gap

@@ -113,7 +113,9 @@ def test_a_128_query_slice_losing_30_points_fails_as_catastrophic() -> None:
     verdict = gate(results(candidate), results(live))
     hit = rule(verdict, "hit@5 [general] ≥ live − 0.02")
     assert not hit.passed
-    assert hit.reason.endswith("; catastrophic: 0.3047 ≥ 0.1 worse on 128 queries")
+    # Upper bound 39 (1 − 2 · 0.025^(1/39)) / 128 = −0.2497: at least 10 points worse.
+    assert hit.ci_high == pytest.approx(39 * (1 - 2 * 0.025 ** (1 / 39)) / 128)
+    assert hit.reason.endswith("; catastrophic: worse by ≥ 0.1 with 95% confidence on 128 queries")
     assert "[general]" in verdict.summary and "the live version keeps serving" in verdict.summary
 
 
@@ -127,12 +129,22 @@ def test_a_drop_within_noise_on_a_large_slice_passes() -> None:
     assert hit.ci_high is not None and hit.ci_high > -0.02
 
 
-@pytest.mark.parametrize(("size", "lost", "passed"), [(12, 2, False), (9, 2, True), (12, 1, True)])
-def test_catastrophic_guard_on_small_slices(size: int, lost: int, passed: bool) -> None:
+@pytest.mark.parametrize(
+    ("size", "lost", "high", "passed"),
+    [
+        # upper bound d (1 − 2 · 0.025^(1/d)) / n with d = lost (all discordant pairs live-only)
+        (20, 8, -0.1045, False),  # surely 10+ points worse on ≥ 10 queries
+        (9, 8, -0.2321, True),  # too few queries for the guard
+        (14, 3, 0.0889, True),  # −21 points, but 3 queries: could be noise
+        (12, 2, 0.1140, True),
+    ],
+)
+def test_catastrophic_guard_on_small_slices(size: int, lost: int, high: float, passed: bool) -> None:
     live = {**BASE, "faq": [1] * size}
     verdict = gate(results({**live, "faq": lose(live["faq"], lost)}), results(live))
-    # 2 of 12 is 16.7 points on ≥ 10 queries; 2 of 9 is too few queries; 1 of 12 is 8.3 points.
-    assert rule(verdict, "hit@5 [faq] ≥ live − 0.02").passed is passed
+    found = rule(verdict, "hit@5 [faq] ≥ live − 0.02")
+    assert found.ci_high == pytest.approx(high, abs=1e-4)
+    assert found.passed is passed
 
 
 def test_noise_settings_come_from_the_policy() -> None:
