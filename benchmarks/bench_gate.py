@@ -54,8 +54,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, build_corpus: object, make_aa: object) -> None:
     from kbrefresh import store
-    from kbrefresh.db import connect
     from kbrefresh.build.quality import QualityPolicy
+    from kbrefresh.db import connect
     from kbrefresh.errors import DataQualityError, GateFailed
     from kbrefresh.gate.evaluation import load_golden
     from kbrefresh.gate.verdict import Verdict

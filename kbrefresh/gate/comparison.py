@@ -108,7 +108,6 @@ def _judge_difference(
 ) -> RuleResult:
     higher = change.direction == "higher_is_better"
     allowed = required - diff.live  # the tolerated change of the mean (negative when higher)
-    worse = -diff.delta if higher else diff.delta
     level = f"{policy.confidence:.0%}"
     shown = f"Δ {_signed(diff.delta)}, {level} CI [{_signed(diff.low)}, {_signed(diff.high)}], n={diff.n}"
     catastrophic = policy.catastrophic_drop

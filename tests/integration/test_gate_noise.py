@@ -134,7 +134,7 @@ def test_deleted_page_queries_are_left_out_listed_and_pruned(
     assert report.verdict is not None and report.verdict.passed
     assert sorted(report.verdict.stale_queries) == sorted(titles[d] for d in deleted)
     assert report.verdict.summary.startswith("3 golden queries are answerable only by deleted documents")
-    hit = [r for r in report.verdict.rules if r.name == "hit@5 ≥ live − 0.02"][0]
+    hit = next(r for r in report.verdict.rules if r.name == "hit@5 ≥ live − 0.02")
     assert hit.n == sum(SLICES.values()) - 3
 
     code, output = cli(settings, monkeypatch, "golden", "prune", "--kb", "manual", "--dry-run")
