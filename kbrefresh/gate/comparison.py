@@ -69,15 +69,27 @@ def paired_change_results(
         return [judge(name, metric, slice_, None, None, 0.0, "≥")
                 for name, _, _ in _checks(metric, slice_, change)]
     live, cand = scores.live[metric][mask], scores.candidate[metric][mask]
+    confidence = family_confidence(policy, scores.sizes()) if slice_ is not None else policy.confidence
     if metric.startswith("hit@"):
-        diff = hit_difference(live, cand, policy.confidence)
+        diff = hit_difference(live, cand, confidence)
     else:
         seed = policy.seed + _stable_hash(f"{metric}|{slice_}")
-        diff = mean_difference(live, cand, policy.confidence, resamples=policy.resamples, seed=seed)
+        diff = mean_difference(live, cand, confidence, resamples=policy.resamples, seed=seed)
     return [
-        _judge_difference(name, metric, slice_, diff, diff.live * factor + offset, change, policy)
+        _judge_difference(name, metric, slice_, diff, diff.live * factor + offset, change, policy,
+                          confidence)
         for name, factor, offset in _checks(metric, slice_, change)
     ]
+
+
+def family_confidence(policy: AcceptancePolicy, sizes: Mapping[str, int]) -> float:
+    """Per-slice confidence so that all slices together keep ``policy.confidence`` (Bonferroni).
+
+    Each slice that can fail on its interval is one more chance for luck to fail a
+    harmless refresh: with 13 slices at 95% each, one slice in two refreshes would.
+    """
+    tested = sum(1 for n in sizes.values() if n >= policy.min_slice_size)
+    return 1 - (1 - policy.confidence) / max(tested, 1)
 
 
 def _checks(
@@ -105,10 +117,11 @@ def _judge_difference(
     required: float,
     change: ChangeThreshold,
     policy: AcceptancePolicy,
+    confidence: float,
 ) -> RuleResult:
     higher = change.direction == "higher_is_better"
     allowed = required - diff.live  # the tolerated change of the mean (negative when higher)
-    level = f"{policy.confidence:.0%}"
+    level = percent(confidence)
     shown = f"Δ {_signed(diff.delta)}, {level} CI [{_signed(diff.low)}, {_signed(diff.high)}], n={diff.n}"
     catastrophic = policy.catastrophic_drop
     # The drop must be catastrophic with the policy's confidence: on a 14-query slice a
@@ -160,7 +173,7 @@ def disparity_results(
                                   candidate[rule.metric][keep], policy.confidence,
                                   resamples=policy.resamples, seed=policy.seed)
             passed = diff.low <= rule.max_increase + EPSILON
-            level = f"{policy.confidence:.0%}"
+            level = percent(policy.confidence)
             reason = (f"gap {fmt(diff.live)} → {fmt(diff.candidate)}, Δ {_signed(diff.delta)}, "
                       f"{level} CI [{_signed(diff.low)}, {_signed(diff.high)}] over {len(large)} "
                       f"slices; " + ("lower bound ≤ " if passed else "whole interval above ")
@@ -180,6 +193,11 @@ def disparity_results(
             results.append(RuleResult(**{**result.__dict__, "reason": f"{result.reason} ({high} "
                                          f"{fmt(means[high])}, {low} {fmt(means[low])})"}))
     return results
+
+
+def percent(confidence: float) -> str:
+    """Return ``0.95`` as "95%", ``0.975`` as "97.5%", ``0.99615`` as "99.62%"."""
+    return f"{confidence * 100:.2f}".rstrip("0").rstrip(".") + "%"
 
 
 def _signed(value: float) -> str:

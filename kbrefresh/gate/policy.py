@@ -19,7 +19,9 @@ string that one slice.
 Change thresholds on quality metrics (means of per-query scores) are judged on the
 paired difference candidate − live and its ``confidence`` interval: a rule fails
 only when the whole interval lies below the tolerated drop, i.e. the drop is beyond
-the tolerance with that confidence. A slice under ``min_slice_size`` queries is
+the tolerance with that confidence. Per-slice rules share that confidence among
+the slices that can fail (Bonferroni: 13 such slices are judged at 99.6% each), so a
+harmless refresh fails by luck at most 5% of the time in all. A slice under ``min_slice_size`` queries is
 reported but cannot fail alone, unless it has at least ``catastrophic_min_queries``
 queries and the interval shows a loss of ``catastrophic_drop`` or more (the whole
 interval beyond it): that fails any slice, whatever its size and the tolerance.

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from kbrefresh.errors import ConfigError
+from kbrefresh.gate.comparison import family_confidence
 from kbrefresh.gate.metrics import QueryResult
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy, parse_policy
 from kbrefresh.gate.verdict import RuleResult, Verdict, evaluate_gate
@@ -83,9 +84,11 @@ def test_a_six_query_slice_losing_one_query_passes_and_shows_its_interval() -> N
     assert verdict.passed, verdict.summary
     hit = rule(verdict, "hit@5 [install] ≥ live − 0.02")
     assert (hit.baseline, hit.value, hit.n) == (1.0, pytest.approx(5 / 6), 6)
-    assert (hit.ci_low, hit.ci_high) == pytest.approx((-1 / 6, 0.95 / 6))
+    # Two slices of 30+ can fail, so each slice is judged at 1 − 0.05 / 2 = 97.5%:
+    # 1 discordant pair, p in [0.0125, 1] -> difference in [−1/6, (1 − 0.025)/6].
+    assert (hit.ci_low, hit.ci_high) == pytest.approx((-1 / 6, 0.975 / 6))
     assert hit.reason == (
-        "Δ −0.167, 95% CI [−0.167, +0.158], n=6; 6 < 30 queries: reported, cannot fail alone"
+        "Δ −0.167, 97.5% CI [−0.167, +0.163], n=6; 6 < 30 queries: reported, cannot fail alone"
     )
 
 
@@ -95,14 +98,14 @@ def test_a_128_query_slice_losing_ten_queries_fails_on_its_interval() -> None:
     verdict = gate(results(candidate), results(live))
     hit = rule(verdict, "hit@5 [general] ≥ live − 0.02")
     assert not hit.passed
-    # 10 discordant pairs, all live-only: p in [0.025^(1/10), 1]
+    # 10 discordant pairs, all live-only; 2 slices -> 97.5%: p in [0.0125^(1/10), 1]
     assert hit.delta == pytest.approx(-10 / 128)
     assert (hit.ci_low, hit.ci_high) == pytest.approx(
-        (-10 / 128, 10 * (1 - 2 * 0.025 ** 0.1) / 128)
+        (-10 / 128, 10 * (1 - 2 * 0.0125 ** 0.1) / 128)
     )
     assert hit.threshold == pytest.approx(100 / 128 - 0.02)
     assert hit.reason == (
-        "Δ −0.078, 95% CI [−0.078, −0.030], n=128; "
+        "Δ −0.078, 97.5% CI [−0.078, −0.023], n=128; "
         "whole interval below −0.020: worse beyond the tolerance"
     )
 
@@ -113,9 +116,9 @@ def test_a_128_query_slice_losing_30_points_fails_as_catastrophic() -> None:
     verdict = gate(results(candidate), results(live))
     hit = rule(verdict, "hit@5 [general] ≥ live − 0.02")
     assert not hit.passed
-    # Upper bound 39 (1 − 2 · 0.025^(1/39)) / 128 = −0.2497: at least 10 points worse.
-    assert hit.ci_high == pytest.approx(39 * (1 - 2 * 0.025 ** (1 / 39)) / 128)
-    assert hit.reason.endswith("; catastrophic: worse by ≥ 0.1 with 95% confidence on 128 queries")
+    # Upper bound 39 (1 − 2 · 0.0125^(1/39)) / 128: at least 10 points worse.
+    assert hit.ci_high == pytest.approx(39 * (1 - 2 * 0.0125 ** (1 / 39)) / 128)
+    assert hit.reason.endswith("; catastrophic: worse by ≥ 0.1 with 97.5% confidence on 128 queries")
     assert "[general]" in verdict.summary and "the live version keeps serving" in verdict.summary
 
 
@@ -132,11 +135,12 @@ def test_a_drop_within_noise_on_a_large_slice_passes() -> None:
 @pytest.mark.parametrize(
     ("size", "lost", "high", "passed"),
     [
-        # upper bound d (1 − 2 · 0.025^(1/d)) / n with d = lost (all discordant pairs live-only)
-        (20, 8, -0.1045, False),  # surely 10+ points worse on ≥ 10 queries
-        (9, 8, -0.2321, True),  # too few queries for the guard
-        (14, 3, 0.0889, True),  # −21 points, but 3 queries: could be noise
-        (12, 2, 0.1140, True),
+        # upper bound d (1 − 2 · 0.0125^(1/d)) / n, d = lost (discordant pairs, live-only)
+        (20, 10, -0.1452, False),  # surely 10+ points worse on ≥ 10 queries
+        (20, 8, -0.0626, True),  # 40 points lost, but 10+ is not sure
+        (9, 8, -0.1391, True),  # too few queries for the guard
+        (14, 3, 0.1148, True),  # −21 points, but 3 queries: could be noise
+        (12, 2, 0.1294, True),
     ],
 )
 def test_catastrophic_guard_on_small_slices(size: int, lost: int, high: float, passed: bool) -> None:
@@ -154,7 +158,8 @@ def test_noise_settings_come_from_the_policy() -> None:
     assert rule(gate(candidate, results(live), policy), "hit@5 [faq] ≥ live − 0.02").passed
     policy = parse_policy({"min_slice_size": 5, "catastrophic_drop": None, "confidence": 0.8})
     verdict = gate(candidate, results(live), policy)
-    assert "80% CI" in rule(verdict, "hit@5 [faq] ≥ live − 0.02").reason
+    # 3 slices of 5+ can fail: 1 − 0.2 / 3 per slice
+    assert "93.33% CI" in rule(verdict, "hit@5 [faq] ≥ live − 0.02").reason
 
 
 def test_first_version_is_judged_on_value_thresholds_only() -> None:
@@ -323,10 +328,20 @@ def test_markdown_shows_live_candidate_delta_interval_and_n() -> None:
     assert markdown.startswith("**Validation gate: FAILED**\n\n" + verdict.summary + "\n\n")
     assert "| Rule | Live | Candidate | Δ | CI | n | Threshold | Result | Reason |" in markdown
     assert (
-        "| hit@5 [general] ≥ live − 0.02 | 0.7812 | 0.7031 | -0.07812 | [-0.078, -0.030] | 128 |"
+        "| hit@5 [general] ≥ live − 0.02 | 0.7812 | 0.7031 | -0.07812 | [-0.078, -0.023] | 128 |"
         " 0.7612 | **FAIL** |" in markdown
     )
     assert markdown.endswith("rules failed.")
+
+
+@pytest.mark.parametrize(("sizes", "expected"), [
+    ({"a": 80, "b": 40}, 0.975), ({"a": 80, "b": 6}, 0.95), ({"a": 5}, 0.95),
+    ({f"s{i}": 30 for i in range(13)}, 1 - 0.05 / 13),
+])
+def test_per_slice_confidence_is_shared_by_the_slices_that_can_fail(
+    sizes: dict[str, int], expected: float
+) -> None:
+    assert family_confidence(default_policy(), sizes) == pytest.approx(expected)
 
 
 def test_markdown_escapes_pipes() -> None:
