@@ -11,7 +11,7 @@ from rich.table import Table
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.cli._common import Col, console, err, listing_table, print_json, print_table
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.gate.verdict import Verdict
+from kbrefresh.gate.verdict import Verdict, interval
 from kbrefresh.refresh import sequence
 from kbrefresh.refresh.request import parse_request
 from kbrefresh.refresh.sequence import DirectRunner, RefreshHooks, RefreshReport
@@ -19,8 +19,11 @@ from kbrefresh.settings import Settings
 
 VERDICT_COLUMNS = (
     Col("rule", "rule", text=True),
-    Col("value", "value", justify="right"),
     Col("live", "live", justify="right"),
+    Col("candidate", "value", justify="right"),
+    Col("Δ", "delta", justify="right"),
+    Col("CI", "ci", wide=True),
+    Col("n", "n", justify="right", wide=True),
     Col("threshold", "threshold", justify="right", wide=True),
     Col("result", "result", styles=(("pass", "green"), ("FAIL", "bold red"))),
     Col("reason", "reason", text=True, wide=True),
@@ -105,7 +108,9 @@ def verdict_json(verdict: Verdict, golden: str) -> dict[str, Any]:
         "summary": verdict.summary,
         "rules": [
             {"rule": r.name, "metric": r.metric, "slice": r.slice, "value": r.value,
-             "live": r.baseline, "threshold": r.threshold, "passed": r.passed, "reason": r.reason}
+             "live": r.baseline, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+             "ci": interval(r), "n": r.n, "threshold": r.threshold, "passed": r.passed,
+             "reason": r.reason}
             for r in verdict.rules
         ],
     }

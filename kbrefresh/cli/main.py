@@ -27,6 +27,7 @@ from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.evaluation import load_golden, run_gate
 from kbrefresh.gate.policy import load_policy
+from kbrefresh.gate.pruning import prune_golden
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.serving import routing
 from kbrefresh.serving.lookup import kb_overview, search_live
@@ -101,6 +102,22 @@ def golden_load(
             console.print(escape(f"{path}: {report.loaded} queries in sets {report.sets}"))
             for doc_id, rows in sorted(report.unknown_ids.items()):
                 err.print("[yellow]warning:[/] " + escape(f"doc id {doc_id!r} (queries {rows}) is not in {kb!r}"))
+
+
+@golden_app.command("prune")
+def golden_prune(
+    kb: KbOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, archive nothing.")] = False,
+) -> None:
+    """Archive golden queries answerable only by documents the source deleted."""
+    settings = read_settings()
+    with errors():
+        pruned = prune_golden(settings, kb, dry_run=dry_run)
+    for q in pruned:
+        console.print(escape(f"{q.set_name}/{q.slice}: {q.query!r}"), highlight=False)
+    verb = "would archive" if dry_run else "archived"
+    console.print(escape(f"{kb!r}: {verb} {len(pruned)} golden quer{'y' if len(pruned) == 1 else 'ies'}"
+                         " answerable only by deleted documents"))
 
 
 @app.command(name="eval")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
@@ -193,11 +194,12 @@ def run_refresh(
     hooks: RefreshHooks | None = None,
     embedder: Embedder | None = None,
     policy: AcceptancePolicy | None = None,
+    quality: QualityPolicy | None = None,
 ) -> RefreshReport:
     """Build a new version of ``request.kb`` from its source, validate it and swap it live.
 
-    ``embedder`` and ``policy`` replace the configured embedder and the request's policy
-    file (tests and benchmarks hold them as objects).
+    ``embedder``, ``policy`` and ``quality`` replace the configured embedder, the request's
+    policy file and its quality limits (tests and benchmarks hold them as objects).
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
@@ -219,7 +221,7 @@ def run_refresh(
         try:
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
-                            quality=request.quality_policy())
+                            quality=quality or request.quality_policy())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             stats = step(steps.embed_changed, settings, ticket, embedder=embedder,

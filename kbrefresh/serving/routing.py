@@ -43,6 +43,21 @@ def live_version(conn: Conn, kb_id: int) -> int | None:
     return None if row is None or row["live_version"] is None else int(row["live_version"])
 
 
+def require_rows(conn: Conn, kb_id: int, kb_name: str, version: int) -> None:
+    """Refuse a version whose chunk rows were undone (rejected, rolled back) or purged (archived).
+
+    Searching it would find nothing and report hit@5 = 0 instead of saying why.
+    """
+    row = version_row(conn, kb_id, version)
+    if row.reverted_at is not None or row.status == VersionStatus.ARCHIVED:
+        how = "archived and its rows purged" if row.status == VersionStatus.ARCHIVED else (
+            f"{row.status.value} and its rows were undone")
+        raise VersionError(
+            f"version {version} of {kb_name!r} is {how}; it can no longer be evaluated, "
+            f"queried or rolled back to; see `kbrefresh versions --kb {kb_name}`"
+        )
+
+
 def live_view_name(kb_name: str) -> str:
     return f"kb_{kb_name}_live"
 
@@ -90,6 +105,7 @@ def rollback(
                 f"knowledge base {kb_name!r} has no earlier version kept to roll back to "
                 f"(live is {current}); see `kbrefresh versions --kb {kb_name}`"
             )
+        require_rows(conn, kb_id, kb_name, target)
         status = version_row(conn, kb_id, target).status
         if status != VersionStatus.RETIRED or target == current:
             raise VersionError(

@@ -90,7 +90,8 @@ def test_listings_as_json_and_in_80_columns(env: Settings, corpus: Path) -> None
     assert verdict.exit_code == 0, verdict.output
     data = json.loads(verdict.stdout)
     assert data["passed"] is True and data["rules"] and set(data["rules"][0]) == {
-        "rule", "metric", "slice", "value", "live", "threshold", "passed", "reason"}
+        "rule", "metric", "slice", "value", "live", "delta", "ci_low", "ci_high", "ci", "n",
+        "threshold", "passed", "reason"}
     check = json.loads(run("check", "--kb", "edge", "--json").stdout)
     assert check["kb"] == "edge" and {s["signal"] for s in check["signals"]}
     hits = json.loads(run("query", "api key", "--kb", "edge", "--json").stdout)

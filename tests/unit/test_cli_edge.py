@@ -79,7 +79,8 @@ LISTINGS: list[tuple[str, tuple[Col, ...], dict[str, Any]]] = [
         "reused": 48889, "removed": 1201, "created_at": WHEN, "error": LONG_NOTE}),
     ("verdict", VERDICT_COLUMNS, {
         "rule": "recall@5 [troubleshooting-and-diagnostics] ≥ live − 0.02", "value": 0.8125,
-        "live": 0.84375, "threshold": 0.82375, "result": "FAIL", "reason": LONG_NOTE}),
+        "live": 0.84375, "delta": -0.03125, "ci": "[-0.061, -0.012]", "n": 128,
+        "threshold": 0.82375, "result": "FAIL", "reason": LONG_NOTE}),
     ("history", HISTORY_COLUMNS, {
         "changed_at": WHEN, "action": "rollback", "from_version": 12, "to_version": 11,
         "reason": LONG_NOTE, "changed_by": "kbrefresh-cli",
