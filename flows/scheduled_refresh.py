@@ -29,4 +29,5 @@ def scheduled_refresh(params: RefreshRequest) -> dict[str, Any]:
     Each step is a task named like the step (the same steps `kbrefresh refresh` runs).
     Summary: artifact kbrefresh-refresh-<kb>. Undo a swap with the rollback-kb deployment.
     """
-    return run_refresh(Settings(), params, runner=PrefectStepRunner()).as_dict()
+    settings = Settings()
+    return run_refresh(settings, params, runner=PrefectStepRunner(settings)).as_dict()
