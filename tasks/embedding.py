@@ -12,6 +12,7 @@ shares them, so together they stay under the provider's per-minute limits.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from prefect import Task
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import rate_limit
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -32,6 +34,7 @@ X = TypeVar("X")
 
 # Limits this process already created or updated (once each, not once per batch).
 _ensured: set[Bucket] = set()
+_ensuring = threading.Lock()
 
 
 def ensure_limits(limits: RateLimits) -> None:
@@ -39,10 +42,15 @@ def ensure_limits(limits: RateLimits) -> None:
     wanted = [b for b in (limits.requests, limits.tokens) if b is not None and b not in _ensured]
     if not wanted:
         return
-    with get_client(sync_client=True) as client:
+    with _ensuring, get_client(sync_client=True) as client:
         for b in wanted:
-            client.upsert_global_concurrency_limit_by_name(
-                b.name, b.slots, slot_decay_per_second=b.per_second)
+            try:
+                client.upsert_global_concurrency_limit_by_name(
+                    b.name, b.slots, slot_decay_per_second=b.per_second)
+            except ObjectAlreadyExists:
+                # Another flow run created it between our read and create: update it.
+                client.upsert_global_concurrency_limit_by_name(
+                    b.name, b.slots, slot_decay_per_second=b.per_second)
             _ensured.add(b)
 
 

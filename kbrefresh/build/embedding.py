@@ -27,8 +27,8 @@ from kbrefresh.errors import EmbeddingError
 from kbrefresh.store import Conn
 
 ProgressFn = Callable[[int, int], None]
-#: Called with (requests, estimated tokens) right before a batch is sent; it may block
-#: (a rate limit) or raise. The Prefect runner passes its global rate limits here.
+#: Called with (requests, estimated tokens) right before a request is sent; it may block
+#: (a rate limit) or raise. See ``embedders.throttled`` and the Prefect runner.
 ThrottleFn = Callable[[int, int], None]
 
 
@@ -103,7 +103,6 @@ def embed_batch(
     table: str,
     batch: EmbedBatch,
     embedder: Embedder,
-    throttle: ThrottleFn | None = None,
 ) -> EmbedStats:
     """Embed the staged chunks of ``batch`` still unknown to ``table``; COPY and commit them.
 
@@ -120,8 +119,6 @@ def embed_batch(
     if not rows:
         return NO_STATS
     unique = {r["content_hash"]: r["embed_text"] for r in rows}
-    if throttle is not None:
-        throttle(1, tokens_for_chars(sum(len(t) for t in unique.values())))
     embed_s, load_s = _flush(writer, table, version, rows, unique, embedder)
     return EmbedStats(len(unique), len(rows), embed_s, load_s)
 

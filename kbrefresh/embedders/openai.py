@@ -114,6 +114,19 @@ class OpenAIEmbedder:
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, dims={self.dims}, host={self.host!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The HTTP client holds sockets and locks; a copy (a Dask worker) opens its own.
+        state = self.__dict__.copy()
+        del state["_client"]
+        state["_base_url"] = str(self._client.base_url)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        base_url = state.pop("_base_url")
+        self.__dict__.update(state)
+        self._client = openai.OpenAI(api_key=self._key, base_url=base_url, timeout=self.timeout,
+                                     max_retries=self.max_retries)
+
     def close(self) -> None:
         """Close the HTTP connections of the underlying client."""
         self._client.close()

@@ -26,6 +26,7 @@ from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, Throttle
 from kbrefresh.build.ratelimit import RateLimits, rate_limits
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
+from kbrefresh.embedders.throttled import ThrottledEmbedder
 from kbrefresh.errors import GateFailed
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.policy import AcceptancePolicy
@@ -174,8 +175,7 @@ class _Stepper:
     ) -> EmbedStats:
         """Run ``steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
         name, stats = "embed_changed", NO_STATS
-        throttle = self.runner.throttle(rate_limits(settings, embedder.provider))
-        call = partial(steps.embed_batch, settings, ticket, embedder=embedder, throttle=throttle)
+        call = partial(steps.embed_batch, settings, ticket, embedder=embedder)
         started = time.perf_counter()
         self.hooks.step_started(name)
         try:
@@ -258,7 +258,7 @@ def run_refresh(
     runner = runner or DirectRunner()
     hooks = _FanOut([runner.hooks] + ([hooks] if hooks else []))
     step = _Stepper(runner, hooks)
-    embedder = embedder or make_embedder(settings)
+    embedder = _throttled(settings, runner, embedder or make_embedder(settings))
     if policy is None:
         policy = request.acceptance_policy()
     fingerprint = steps.fingerprint_for(embedder, request.chunker())
@@ -298,6 +298,15 @@ def run_refresh(
                          outcome=outcome, record=record, registry_warning=registry_warning)
     hooks.refreshed(report)
     return report
+
+
+def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Embedder:
+    """Route every request of this refresh (batches, smoke checks, gate) through the limits."""
+    throttle = runner.throttle(rate_limits(settings, embedder.provider))
+    if throttle is None:
+        return embedder
+    return ThrottledEmbedder(embedder, throttle, batch_size=settings.embed_batch_size,
+                             max_chars=settings.embed_batch_max_chars)
 
 
 def make_report(

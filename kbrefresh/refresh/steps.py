@@ -21,7 +21,7 @@ from kbrefresh import store
 from kbrefresh.build import embedding
 from kbrefresh.build import staging as build
 from kbrefresh.build.chunking import chunk_documents
-from kbrefresh.build.embedding import EmbedBatch, EmbedStats, ProgressFn, ThrottleFn
+from kbrefresh.build.embedding import EmbedBatch, EmbedStats, ProgressFn
 from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.build.sources import load_source
 from kbrefresh.build.staging import BuildPlan
@@ -235,14 +235,13 @@ def embed_batch(
     batch: EmbedBatch,
     *,
     embedder: Embedder | None = None,
-    throttle: ThrottleFn | None = None,
 ) -> EmbedStats:
     """Embed one planned batch and load it; safe to repeat (known hashes are skipped)."""
     embedder = embedder or make_embedder(settings)
     with connect(settings) as reader, connect(settings) as writer:
         return embedding.embed_batch(
             reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
-            batch=batch, embedder=embedder, throttle=throttle)
+            batch=batch, embedder=embedder)
 
 
 def build_counts(

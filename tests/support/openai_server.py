@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +54,7 @@ class RecordedRequest:
     encoding_format: str | None
     authorization: str | None
     retry_count: int
+    received_at: float = 0.0  # time.monotonic() on arrival
 
     @property
     def n_inputs(self) -> int:
@@ -82,14 +84,18 @@ class FakeOpenAIServer:
             OpenAI's 401 (with the key masked, as OpenAI does).
         always_float: answer plain float lists even when base64 was asked for,
             as some OpenAI-compatible servers do.
+        latency_seconds: how long each embeddings request takes to answer (a
+            provider's fixed per-request latency, for benchmarks).
     """
 
     def __init__(
-        self, default_dims: int = 1536, api_key: str | None = None, always_float: bool = False
+        self, default_dims: int = 1536, api_key: str | None = None, always_float: bool = False,
+        latency_seconds: float = 0.0,
     ) -> None:
         self.default_dims = default_dims
         self.api_key = api_key
         self.always_float = always_float
+        self.latency_seconds = latency_seconds
         self.requests: list[RecordedRequest] = []
         self._script: deque[_Step] = deque()
         self._lock = threading.Lock()
@@ -139,6 +145,16 @@ class FakeOpenAIServer:
         if self._httpd is None:
             raise RuntimeError("server is not running; call start() or use it as a context")
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def most_in_window(self, seconds: float, path: str = "/v1/embeddings") -> int:
+        """Return the most requests to ``path`` that arrived within any ``seconds`` window."""
+        times = sorted(r.received_at for r in self.requests if r.path.rstrip("/") == path)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] > seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     # -- script --------------------------------------------------------------
 
@@ -240,8 +256,11 @@ class _Handler(BaseHTTPRequestHandler):
             encoding_format=body.get("encoding_format"),
             authorization=self.headers.get("Authorization"),
             retry_count=int(self.headers.get("x-stainless-retry-count") or 0),
+            received_at=time.monotonic(),
         )
         step = self.fake._record(request)
+        if self.fake.latency_seconds:
+            time.sleep(self.fake.latency_seconds)  # the simulated provider's work
         if self._refused(request, inputs, step):
             return
         dims = request.dimensions or self.fake.default_dims
