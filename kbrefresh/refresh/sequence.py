@@ -8,7 +8,7 @@ Prefect task named like the step, with retries and artifacts. A step's function 
 step start, finish or fail from inside the step (so a Prefect runner's hooks log to the
 task run), plus embedding progress and the finished report. ``embed_changed`` is a
 fan-out, not one call: ``plan_embedding`` cuts the work into batches and the runner's
-``map`` runs ``steps.embed_batch`` on each (``DirectRunner``: one after the other;
+``map`` runs ``embed_steps.embed_batch`` on each (``DirectRunner``: one after the other;
 Prefect: tasks under global rate limits, ``embed_parallelism`` in flight), so its hooks
 run in the caller. Nothing here imports Prefect.
 """
@@ -32,7 +32,7 @@ from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import BuildTicket
-from kbrefresh.refresh import steps
+from kbrefresh.refresh import embed_steps, steps
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
@@ -173,9 +173,9 @@ class _Stepper:
         self, settings: Settings, ticket: BuildTicket, batches: Sequence[EmbedBatch],
         embedder: Embedder, *, total_texts: int,
     ) -> EmbedStats:
-        """Run ``steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
+        """Run ``embed_steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
         name, stats = "embed_changed", NO_STATS
-        call = partial(steps.embed_batch, settings, ticket, embedder=embedder)
+        call = partial(embed_steps.embed_batch, settings, ticket, embedder=embedder)
         started = time.perf_counter()
         self.hooks.step_started(name)
         try:
@@ -272,8 +272,11 @@ def run_refresh(
                             quality=request.quality_policy())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
-            batches = step(steps.plan_embedding, settings, ticket)
-            stats = step.embed(settings, ticket, batches, embedder, total_texts=plan.to_embed_texts)
+            by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,
+                                 embedder=embedder) if settings.embed_batch_api else NO_STATS)
+            batches = step(embed_steps.plan_embedding, settings, ticket)
+            stats = by_batch_api + step.embed(settings, ticket, batches, embedder,
+                                              total_texts=plan.to_embed_texts)
             step.seconds["embed_only"] = stats.embed_seconds
             if settings.tracking:
                 runs.warm_up()  # the steps below mostly wait on Postgres
