@@ -54,7 +54,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows import scheduled_refresh
-    from kbrefresh.build.ratelimit import bucket
+    from kbrefresh.build.ratelimit import REQUEST_UNIT, bucket
     from kbrefresh.refresh.request import RefreshRequest
     from tests.support.openai_server import FakeOpenAIServer
 
@@ -94,7 +94,7 @@ def main() -> None:
             rate = texts / seconds
             print(f"| {label} | {texts} | {requests} | {seconds:.2f} | {rate:.1f} | "
                   f"{rate / base:.2f}x | {wall:.1f} |")
-        limit = bucket("embed-openai-requests", args.rpm)
+        limit = bucket("embed-openai-requests", args.rpm, REQUEST_UNIT)
         print(f"\nrate limit {args.rpm}/min = bucket of {limit.slots} slots refilled "
               f"{limit.per_second:.1f}/s (last run, counted at the server):")
         for window in (1.0, 5.0, 10.0):

@@ -46,11 +46,11 @@ def ensure_limits(limits: RateLimits) -> None:
         for b in wanted:
             try:
                 client.upsert_global_concurrency_limit_by_name(
-                    b.name, b.slots, slot_decay_per_second=b.per_second)
+                    b.name, b.server_limit, slot_decay_per_second=b.server_decay)
             except ObjectAlreadyExists:
                 # Another flow run created it between our read and create: update it.
                 client.upsert_global_concurrency_limit_by_name(
-                    b.name, b.slots, slot_decay_per_second=b.per_second)
+                    b.name, b.server_limit, slot_decay_per_second=b.server_decay)
             _ensured.add(b)
 
 
@@ -58,11 +58,12 @@ def acquire_rate_limits(limits: RateLimits, requests: int, tokens: int) -> None:
     """Block until ``requests`` request slots and ``tokens`` token slots are granted."""
     ensure_limits(limits)
     if limits.requests is not None:
-        rate_limit(limits.requests.name, occupy=min(requests, limits.requests.slots), strict=True)
+        occupy = min(requests, limits.requests.slots) * limits.requests.unit
+        rate_limit(limits.requests.name, occupy=occupy, strict=True)
     if limits.tokens is not None:
         # A single text longer than the bucket is refused by the embedder anyway.
-        rate_limit(limits.tokens.name, occupy=max(1, min(tokens, limits.tokens.slots)),
-                   strict=True)
+        occupy = max(1, min(tokens, limits.tokens.slots)) * limits.tokens.unit
+        rate_limit(limits.tokens.name, occupy=occupy, strict=True)
 
 
 def make_task_runner(settings: Settings, parallelism: int) -> TaskRunner[Any]:

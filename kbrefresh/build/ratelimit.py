@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 #: Seconds of traffic a bucket may let through at once (OpenAI, too, enforces
 #: per-minute limits over shorter periods, so a small burst is the safe shape).
 BURST_SECONDS = 6.0
+REQUEST_UNIT = 100
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,32 @@ class Bucket:
     per_minute: int
     slots: int
     per_second: float
+    #: Server slots per request or token. Prefect decays ``floor(rate * seconds since the
+    #: limit last changed)`` and every denied attempt counts as a change, so with many
+    #: waiters a small rate rounds to 0 and stalls (measured: 27% of the configured
+    #: rate). Counting a request as 100 slots keeps the rounding fine-grained.
+    unit: int = 1
+
+    @property
+    def server_limit(self) -> int:
+        return self.slots * self.unit
+
+    @property
+    def server_decay(self) -> float:
+        return self.per_second * self.unit
 
     def admits_at_most(self, seconds: float) -> float:
         """Return the most a window of ``seconds`` (<= 60) can admit."""
         return self.slots + seconds * self.per_second
 
 
-def bucket(name: str, per_minute: int) -> Bucket:
+def bucket(name: str, per_minute: int, unit: int = 1) -> Bucket:
     """Return the bucket that keeps every 60-second window at or under ``per_minute``."""
     if per_minute < 2:
         raise ConfigError(f"a per-minute limit must be at least 2, got {per_minute!r}")
     slots = max(1, math.ceil(per_minute * BURST_SECONDS / 60))
     slots = min(slots, per_minute - 1)
-    return Bucket(name, per_minute, slots, (per_minute - slots) / 60)
+    return Bucket(name, per_minute, slots, (per_minute - slots) / 60, unit)
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ def rate_limits(settings: Settings, provider: str) -> RateLimits:
     rpm, tpm = settings.embed_requests_per_minute, settings.embed_tokens_per_minute
     return RateLimits(
         provider,
-        bucket(f"embed-{provider}-requests", rpm) if rpm is not None else None,
+        bucket(f"embed-{provider}-requests", rpm, REQUEST_UNIT) if rpm is not None else None,
         bucket(f"embed-{provider}-tokens", tpm) if tpm is not None else None,
     )
 

@@ -73,7 +73,7 @@ def test_two_flow_runs_together_stay_under_the_request_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("KBREFRESH_EMBED_REQUESTS_PER_MINUTE", str(RPM))
-    limit = bucket("embed-openai-requests", RPM)
+    limit = bucket("embed-openai-requests", RPM, 100)
     sources = []
     for seed in (1, 2):
         write_corpus(tmp_path / f"kb{seed}", 16, seed=seed)
@@ -91,7 +91,8 @@ def test_two_flow_runs_together_stay_under_the_request_limit(
         assert server.most_in_window(seconds) <= limit.admits_at_most(seconds + 0.5), seconds
     with get_client(sync_client=True) as client:
         gcl = client.read_global_concurrency_limit_by_name("embed-openai-requests")
-    assert (gcl.limit, gcl.slot_decay_per_second) == (limit.slots, limit.per_second) == (24, 3.6)
+    assert (gcl.limit, gcl.slot_decay_per_second) == (limit.server_limit, limit.server_decay)
+    assert (limit.slots, limit.per_second) == (24, 3.6)
     for report in reports:
         names = task_names(report["flow_run_id"])
         assert sum(n.startswith("embed_batch-") for n in names) == -(-report["texts_embedded"] // 2)
