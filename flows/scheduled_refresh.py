@@ -35,8 +35,9 @@ def scheduled_refresh(params: RefreshRequest) -> dict[str, Any]:
     scheduled (every 2 h for 24 h, then daily for a week) and on-call is notified; a skipped
     run notifies too. Undo a swap with the rollback-kb deployment.
     """
+    settings = load_settings()
     try:
-        report = run_refresh(load_settings(), params, runner=PrefectStepRunner())
+        report = run_refresh(settings, params, runner=PrefectStepRunner(settings))
     except (DataQualityError, GateFailed) as exc:
         send_notice(Notice("skipped", params.kb, {}, str(exc)[:1000]))  # never raises
         raise

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kbrefresh.errors import ConfigError
@@ -41,6 +41,16 @@ EXPECTED: dict[str, str] = {
     "tracking": "true or false",
     "maintenance_work_mem": "a PostgreSQL memory size from 1MB to 64GB, such as 64MB or 1GB",
     "keep_versions": "an integer from 1 to 100",
+    "embed_parallelism": "an integer from 1 to 64",
+    "embed_requests_per_minute": "an integer of at least 2, or unset",
+    "embed_tokens_per_minute": "an integer of at least 2, or unset",
+    "task_runner": "'thread' or 'dask'",
+    "dask_address": "a Dask scheduler address such as tcp://host:8786",
+    "dask_workers": "an integer from 1 to 256",
+    "embed_batch_api": "true or false",
+    "embed_batch_api_min_texts": "an integer of at least 1",
+    "embed_batch_api_poll_seconds": "a number of seconds > 0",
+    "embed_batch_api_max_hours": "a number of hours > 0",
     "notify_webhook_url": "an http:// or https:// URL",
     "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
     "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
@@ -88,6 +98,21 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=5, ge=0, le=20)
     embed_batch_size: int = Field(default=256, ge=1, le=2048)
     embed_batch_max_chars: int = Field(default=400_000, ge=1000, le=100_000_000)
+    # Fan-out: batches in flight per refresh; limits shared by every flow run that
+    # embeds with the same provider (Prefect global rate limits embed-<provider>-*).
+    embed_parallelism: int = Field(default=1, ge=1, le=64)
+    embed_requests_per_minute: int | None = Field(default=None, ge=2)
+    embed_tokens_per_minute: int | None = Field(default=None, ge=2)
+    # Where the fan-out runs: threads of the flow's process, or a Dask cluster
+    # (pip install 'kbrefresh[dask]'); no dask_address means a temporary local cluster.
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = Field(default=None, min_length=1)
+    dask_workers: int = Field(default=2, ge=1, le=256)
+    # OpenAI Batch API for full re-embeds of at least embed_batch_api_min_texts texts.
+    embed_batch_api: bool = False
+    embed_batch_api_min_texts: int = Field(default=10_000, ge=1)
+    embed_batch_api_poll_seconds: float = Field(default=60.0, gt=0)
+    embed_batch_api_max_hours: float = Field(default=24.0, gt=0)
 
     mlflow_tracking_uri: str | None = Field(default=None, min_length=1)
     tracking: bool = True  # every build an MLflow run, versions registered with aliases
@@ -156,6 +181,12 @@ class Settings(BaseSettings):
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         return value.strip()
+    @model_validator(mode="after")
+    def _batches_fit_the_token_limit(self) -> Self:
+        from kbrefresh.build.ratelimit import check_limits
+
+        check_limits(self)
+        return self
 
     def resolved_openai_key(self) -> str | None:
         if self.openai_api_key is not None:

@@ -10,8 +10,9 @@ and the summary ``kbrefresh-refresh-<kb>``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -24,7 +25,8 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.embedding import EmbedStats, ThrottleFn
+from kbrefresh.build.ratelimit import RateLimits
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.errors import DataQualityError
 from kbrefresh.gate.evaluation import GateOutcome
@@ -33,12 +35,15 @@ from kbrefresh.models import BuildTicket
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import RefreshHooks, RefreshReport
 from kbrefresh.refresh.steps import PrepareResult, PublishResult
+from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
 from kbrefresh.tracking.reports import comparison_markdown
 from tasks._common import ROUTING_TASK_OPTIONS, TASK_OPTIONS, artifact_key
+from tasks.embedding import acquire_rate_limits, fan_out
 from tasks.refresh_artifacts import quality_markdown, refresh_markdown, smoke_markdown
 
 T = TypeVar("T")
+X = TypeVar("X")
 # Tracking never fails a run (failures come back as warnings), so retries buy nothing;
 # a swap that lost its connection may have committed, so it retries only unconnected.
 STEP_OPTIONS: dict[str, dict[str, Any]] = {
@@ -51,15 +56,28 @@ _MIN_UPDATE_SECONDS = 1.0
 
 
 class PrefectStepRunner:
-    """Run each refresh step as a Prefect task named like the step; publish its artifacts."""
+    """Run each refresh step as a Prefect task named like the step; publish its artifacts.
 
-    def __init__(self) -> None:
+    Embedding batches fan out as ``embed_batch-<n>`` tasks on the task runner that
+    ``settings`` name (threads, or Dask), under the provider's global rate limits.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
         self.flow_run_id: str | None = flow_run.id
         self.hooks: RefreshHooks = PrefectHooks()
+        self.settings = settings or Settings()
 
     def run(self, step: str, call: Callable[[], T]) -> T:
         options = STEP_OPTIONS.get(step, TASK_OPTIONS)
         return Task(call, name=step, task_run_name=step, **options)()
+
+    def map(
+        self, step: str, call: Callable[[X], T], items: Sequence[X], *, parallelism: int
+    ) -> Iterator[T]:
+        return fan_out(self.settings, step, call, items, parallelism=parallelism)
+
+    def throttle(self, limits: RateLimits) -> ThrottleFn | None:
+        return partial(acquire_rate_limits, limits) if limits.active else None
 
 
 class PrefectHooks(RefreshHooks):

@@ -1,14 +1,18 @@
 """Embed only what is new to a fingerprint's table and load it by binary COPY.
 
-Staged chunks whose text hash the table does not know are streamed from a
-server-side cursor in bounded batches; each batch is embedded, written by binary
-COPY and committed, so a crash keeps finished batches.
+The work is cut into :class:`EmbedBatch` descriptors first: hash ranges over the
+staged chunks whose text hash the table does not know, each small enough for one
+embeddings request (``batch_size`` texts, ``max_chars`` characters). Cutting reads
+only hashes and lengths. Each batch is then read, embedded, written by binary COPY
+and committed on its own, in any order and in parallel: ranges are disjoint, and a
+crash keeps finished batches (the next plan no longer contains them). At most one
+batch of vectors per worker is in memory.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +20,16 @@ import numpy as np
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from kbrefresh._text import tokens_for_chars
 from kbrefresh.build.staging import HASH_KNOWN, STAGED
 from kbrefresh.embedders.base import Embedder
 from kbrefresh.errors import EmbeddingError
 from kbrefresh.store import Conn
 
 ProgressFn = Callable[[int, int], None]
+#: Called with (requests, estimated tokens) right before a request is sent; it may block
+#: (a rate limit) or raise. See ``embedders.throttled`` and the Prefect runner.
+ThrottleFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,89 @@ class EmbedStats:
     rows: int
     embed_seconds: float
     load_seconds: float
+
+    def __add__(self, other: EmbedStats) -> EmbedStats:
+        return EmbedStats(self.texts + other.texts, self.rows + other.rows,
+                          self.embed_seconds + other.embed_seconds,
+                          self.load_seconds + other.load_seconds)
+
+
+NO_STATS = EmbedStats(0, 0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class EmbedBatch:
+    """The unknown texts of one request: staged hashes from ``first_hash`` to ``last_hash``."""
+
+    number: int
+    first_hash: str
+    last_hash: str
+    texts: int
+    chars: int
+
+    @property
+    def estimated_tokens(self) -> int:
+        return tokens_for_chars(self.chars)
+
+
+_UNKNOWN = " FROM kb_build_chunks s WHERE " + STAGED + " AND NOT " + HASH_KNOWN
+
+
+def plan_batches(
+    reader: Conn, *, kb_id: int, version: int, table: str, batch_size: int, max_chars: int
+) -> list[EmbedBatch]:
+    """Cut the staged texts unknown to ``table`` into request-sized hash ranges.
+
+    A batch closes at ``batch_size`` texts, or before a text that would pass
+    ``max_chars`` characters (a longer text goes alone).
+    """
+    query = sql.SQL(
+        "SELECT s.content_hash, max(length(s.embed_text)) AS chars" + _UNKNOWN +
+        " GROUP BY s.content_hash ORDER BY s.content_hash"
+    ).format(t=sql.Identifier(table))
+    batches: list[EmbedBatch] = []
+    first = last = ""
+    texts = chars = 0
+    for row in _stream(reader, query, {"kb_id": kb_id, "version": version}, "kbrefresh_plan"):
+        size = int(row["chars"])
+        if texts and (texts == batch_size or chars + size > max_chars):
+            batches.append(EmbedBatch(len(batches), first, last, texts, chars))
+            texts = chars = 0
+        if not texts:
+            first = row["content_hash"]
+        last, texts, chars = row["content_hash"], texts + 1, chars + size
+    if texts:
+        batches.append(EmbedBatch(len(batches), first, last, texts, chars))
+    return batches
+
+
+def embed_batch(
+    reader: Conn,
+    writer: Conn,
+    *,
+    kb_id: int,
+    version: int,
+    table: str,
+    batch: EmbedBatch,
+    embedder: Embedder,
+) -> EmbedStats:
+    """Embed the staged chunks of ``batch`` still unknown to ``table``; COPY and commit them.
+
+    Hashes loaded meanwhile (a retry, an earlier crashed attempt) are skipped.
+    """
+    query = sql.SQL(
+        "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
+        " s.metadata::text AS metadata" + _UNKNOWN +
+        " AND s.content_hash BETWEEN %(first)s AND %(last)s"
+        " ORDER BY s.content_hash, s.doc_id, s.chunk_index"
+    ).format(t=sql.Identifier(table))
+    params = {"kb_id": kb_id, "version": version, "first": batch.first_hash, "last": batch.last_hash}
+    rows = list(_stream(reader, query, params, "kbrefresh_embed"))
+    if not rows:
+        return NO_STATS
+    unique = {r["content_hash"]: r["embed_text"] for r in rows}
+    embed_s, load_s = _flush(writer, table, version, rows, unique, embedder)
+    return EmbedStats(len(unique), len(rows), embed_s, load_s)
 
 
 def embed_missing(
@@ -41,65 +132,51 @@ def embed_missing(
     table: str,
     embedder: Embedder,
     batch_size: int,
+    max_chars: int = 400_000,
     total_texts: int = 0,
     on_progress: ProgressFn | None = None,
 ) -> EmbedStats:
-    """Embed staged chunks whose text hash the table does not know, and COPY them in.
+    """Plan the batches and embed them one after the other (no fan-out)."""
+    stats = NO_STATS
+    for batch in plan_batches(reader, kb_id=kb_id, version=version, table=table,
+                              batch_size=batch_size, max_chars=max_chars):
+        stats += embed_batch(reader, writer, kb_id=kb_id, version=version, table=table,
+                             batch=batch, embedder=embedder)
+        if on_progress:
+            on_progress(stats.texts, total_texts)
+    return stats
 
-    Streams from a server-side cursor on ``reader`` and commits each batch on
-    ``writer``, so a crash keeps finished batches (a resumed build reuses them)
-    and at most one batch of vectors is in memory.
-    """
-    query = sql.SQL(
-        "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
-        " s.metadata::text AS metadata"
-        " FROM kb_build_chunks s WHERE " + STAGED + " AND NOT " + HASH_KNOWN +
-        " ORDER BY s.content_hash, s.doc_id, s.chunk_index"
-    ).format(t=sql.Identifier(table))
-    texts = rows = 0
-    embed_s = load_s = 0.0
-    batch: list[dict[str, Any]] = []
-    hashes = 0
-    with reader.transaction(), reader.cursor(name="kbrefresh_embed") as cur:
+
+def _stream(
+    reader: Conn, query: sql.Composed, params: dict[str, Any], name: str
+) -> Iterator[dict[str, Any]]:
+    with reader.transaction(), reader.cursor(name=name) as cur:
         # Sorting staged rows by hash in memory instead of spilling to disk.
         reader.execute("SET LOCAL work_mem = '256MB'")
-        cur.itersize = max(batch_size * 2, 512)
-        cur.execute(query, {"kb_id": kb_id, "version": version})
-        for row in cur:
-            new_hash = not batch or batch[-1]["content_hash"] != row["content_hash"]
-            if new_hash and hashes >= batch_size:
-                e, lo = _flush(writer, table, version, batch, embedder)
-                texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
-                if on_progress:
-                    on_progress(texts, total_texts)
-                batch, hashes = [], 0
-            hashes += new_hash
-            batch.append(row)
-        if batch:
-            e, lo = _flush(writer, table, version, batch, embedder)
-            texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
-            if on_progress:
-                on_progress(texts, total_texts)
-    return EmbedStats(texts, rows, embed_s, load_s)
+        cur.itersize = 2048
+        cur.execute(query, params)
+        yield from cur
 
 
 def _flush(
-    writer: Conn, table: str, version: int, batch: list[dict[str, Any]], embedder: Embedder
+    writer: Conn, table: str, version: int, rows: list[dict[str, Any]], unique: dict[str, str],
+    embedder: Embedder,
 ) -> tuple[float, float]:
-    unique: dict[str, str] = {}
-    for row in batch:
-        unique.setdefault(row["content_hash"], row["embed_text"])
     started = time.perf_counter()
     vectors = embedder.embed(list(unique.values()))
     embedded = time.perf_counter()
-    if vectors.shape != (len(unique), vectors.shape[1]) or not np.isfinite(vectors).all():
+    check_vectors(embedder, vectors, len(unique))
+    load_rows(writer, table, version, rows, dict(zip(unique, vectors, strict=True)))
+    return embedded - started, time.perf_counter() - embedded
+
+
+def check_vectors(embedder: Embedder, vectors: np.ndarray[Any, Any], count: int) -> None:
+    """Raise ``EmbeddingError`` unless ``vectors`` holds ``count`` finite rows of its dims."""
+    if vectors.shape != (count, embedder.dims) or not np.isfinite(vectors).all():
         raise EmbeddingError(
             f"embedder {embedder.provider}/{embedder.model} returned unusable vectors "
-            f"(shape {vectors.shape!r} for {len(unique)} texts, or non-finite values)"
+            f"(shape {vectors.shape!r} for {count} texts, or non-finite values)"
         )
-    by_hash = dict(zip(unique, vectors, strict=True))
-    load_rows(writer, table, version, batch, by_hash)
-    return embedded - started, time.perf_counter() - embedded
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -132,4 +209,3 @@ def load_rows(
                  _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
             )
     writer.commit()
-

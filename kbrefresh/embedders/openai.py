@@ -9,6 +9,7 @@ messages that never contain the API key.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
@@ -113,6 +114,45 @@ class OpenAIEmbedder:
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, dims={self.dims}, host={self.host!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The HTTP client holds sockets and locks; a copy (a Dask worker) opens its own.
+        state = self.__dict__.copy()
+        del state["_client"]
+        state["_base_url"] = str(self._client.base_url)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        base_url = state.pop("_base_url")
+        self.__dict__.update(state)
+        self._client = openai.OpenAI(api_key=self._key, base_url=base_url, timeout=self.timeout,
+                                     max_retries=self.max_retries)
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The ``openai`` client (the Batch API path uploads files and creates batches with it)."""
+        return self._client
+
+    def request_body(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Return the body of one embeddings request for ``texts`` (a Batch API line)."""
+        self._check_texts(texts)
+        extra: dict[str, Any] = {"dimensions": self.dims} if self._send_dimensions else {}
+        return {"model": self.model, "input": list(texts), "encoding_format": "base64"} | extra
+
+    def vectors_from_body(self, body: dict[str, Any], count: int) -> npt.NDArray[np.float32]:
+        """Check and normalise the vectors of one embeddings response body (a Batch API result).
+
+        Raises:
+            EmbeddingError: missing, misordered, wrongly sized or non-finite vectors.
+        """
+        data = sorted(body.get("data") or [], key=lambda item: int(item["index"]))
+        if [int(item["index"]) for item in data] != list(range(count)):
+            raise EmbeddingError(
+                f"expected {count} embeddings from model {self.model!r} in a batch result, "
+                f"got {len(data)}")
+        rows = [np.frombuffer(base64.b64decode(e), dtype="<f4").tolist() if isinstance(e, str)
+                else e for e in (item["embedding"] for item in data)]
+        return self._checked_vectors(rows, 0)
 
     def close(self) -> None:
         """Close the HTTP connections of the underlying client."""

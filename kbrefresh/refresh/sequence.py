@@ -6,37 +6,46 @@ MLflow warm-up, the failure handling and the rejection check. It hands each step
 Prefect task named like the step, with retries and artifacts. A step's function name in
 ``steps`` is its task name and its key in ``RefreshReport.seconds``. Hooks see every
 step start, finish or fail from inside the step (so a Prefect runner's hooks log to the
-task run), plus embedding progress and the finished report. Nothing here imports Prefect.
+task run), plus embedding progress and the finished report. ``embed_changed`` is a
+fan-out, not one call: ``plan_embedding`` cuts the work into batches and the runner's
+``map`` runs ``embed_steps.embed_batch`` on each (``DirectRunner``: one after the other;
+Prefect: tasks under global rate limits, ``embed_parallelism`` in flight), so its hooks
+run in the caller. Nothing here imports Prefect.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ThrottleFn
 from kbrefresh.build.quality import QualityPolicy
+from kbrefresh.build.ratelimit import RateLimits, rate_limits
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
+from kbrefresh.embedders.throttled import ThrottledEmbedder
 from kbrefresh.errors import GateFailed
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import BuildTicket
-from kbrefresh.refresh import steps
+from kbrefresh.refresh import embed_steps, steps
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+X = TypeVar("X")
 
 # In order; validate_candidate runs only after smoke checks passed, and a rejected
 # candidate stops before publish_version. fail_build runs only after an error.
-STEPS = ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "embed_changed",
+STEPS = ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "plan_embedding",
+         "embed_changed",
          "finalize_version", "smoke_check", "validate_candidate", "record_build",
          "publish_version", "sync_aliases")
 
@@ -74,15 +83,37 @@ class StepRunner(Protocol):
 
     def run(self, step: str, call: Callable[[], T]) -> T: ...
 
+    def map(
+        self, step: str, call: Callable[[X], T], items: Sequence[X], *, parallelism: int
+    ) -> Iterator[T]:
+        """Run ``call`` on every item, at most ``parallelism`` at once; yield as they finish."""
+        ...
+
+    def throttle(self, limits: RateLimits) -> ThrottleFn | None:
+        """Return what makes each embedding request wait for ``limits`` (None: nothing)."""
+        ...
+
 
 class DirectRunner:
-    """Call each step in this process: no Prefect, no server (the CLI, tests, benchmarks)."""
+    """Call each step in this process: no Prefect, no server (the CLI, tests, benchmarks).
+
+    Batches run one after the other; provider rate limits are left to the client's
+    retries (429 with Retry-After): one process sends one request at a time.
+    """
 
     flow_run_id: str | None = None
     hooks: RefreshHooks = RefreshHooks()
 
     def run(self, step: str, call: Callable[[], T]) -> T:
         return call()
+
+    def map(
+        self, step: str, call: Callable[[X], T], items: Sequence[X], *, parallelism: int
+    ) -> Iterator[T]:
+        return (call(item) for item in items)
+
+    def throttle(self, limits: RateLimits) -> ThrottleFn | None:
+        return None
 
 
 class _FanOut(RefreshHooks):
@@ -138,6 +169,27 @@ class _Stepper:
         result = self.runner.run(name, call)
         self.seconds[name] = time.perf_counter() - started
         return result
+
+    def embed(
+        self, settings: Settings, ticket: BuildTicket, batches: Sequence[EmbedBatch],
+        embedder: Embedder, *, total_texts: int,
+    ) -> EmbedStats:
+        """Run ``embed_steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
+        name, stats = "embed_changed", NO_STATS
+        call = partial(embed_steps.embed_batch, settings, ticket, embedder=embedder)
+        started = time.perf_counter()
+        self.hooks.step_started(name)
+        try:
+            for done in self.runner.map("embed_batch", call, batches,
+                                        parallelism=settings.embed_parallelism):
+                stats += done
+                self.hooks.embed_progress(stats.texts, total_texts)
+        except BaseException as exc:
+            self.hooks.step_failed(name, exc)
+            raise
+        self.hooks.step_finished(name, stats)
+        self.seconds[name] = time.perf_counter() - started
+        return stats
 
 
 @dataclass(frozen=True)
@@ -210,7 +262,7 @@ def run_refresh(
     runner = runner or DirectRunner()
     hooks = _FanOut([runner.hooks] + ([hooks] if hooks else []))
     step = _Stepper(runner, hooks)
-    embedder = embedder or make_embedder(settings)
+    embedder = _throttled(settings, runner, embedder or make_embedder(settings))
     if policy is None:
         policy = request.acceptance_policy()
     fingerprint = steps.fingerprint_for(embedder, request.chunker())
@@ -224,8 +276,11 @@ def run_refresh(
                             quality=quality or request.quality_policy())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
-            stats = step(steps.embed_changed, settings, ticket, embedder=embedder,
-                         total_texts=plan.to_embed_texts, on_progress=hooks.embed_progress)
+            by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,
+                                 embedder=embedder) if settings.embed_batch_api else NO_STATS)
+            batches = step(embed_steps.plan_embedding, settings, ticket)
+            stats = by_batch_api + step.embed(settings, ticket, batches, embedder,
+                                              total_texts=plan.to_embed_texts)
             step.seconds["embed_only"] = stats.embed_seconds
             if settings.tracking:
                 runs.warm_up()  # the steps below mostly wait on Postgres
@@ -253,6 +308,15 @@ def run_refresh(
                          outcome=outcome, record=record, registry_warning=registry_warning)
     hooks.refreshed(report)
     return report
+
+
+def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Embedder:
+    """Route every request of this refresh (batches, smoke checks, gate) through the limits."""
+    throttle = runner.throttle(rate_limits(settings, embedder.provider))
+    if throttle is None:
+        return embedder
+    return ThrottledEmbedder(embedder, throttle, batch_size=settings.embed_batch_size,
+                             max_chars=settings.embed_batch_max_chars)
 
 
 def make_report(

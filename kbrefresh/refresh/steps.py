@@ -18,10 +18,9 @@ import psycopg
 from psycopg import sql
 
 from kbrefresh import store
-from kbrefresh.build import embedding
 from kbrefresh.build import staging as build
 from kbrefresh.build.chunking import chunk_documents
-from kbrefresh.build.embedding import EmbedStats, ProgressFn
+from kbrefresh.build.embedding import EmbedStats
 from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.build.sources import load_source
 from kbrefresh.build.staging import BuildPlan
@@ -33,6 +32,7 @@ from kbrefresh.gate.evaluation import GateOutcome, run_gate
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.smoke import SmokeResult
 from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
+from kbrefresh.refresh.embed_steps import embed_changed  # noqa: F401  (the one-call form)
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
@@ -200,24 +200,6 @@ def reuse_unchanged(settings: Settings, ticket: BuildTicket) -> tuple[int, int]:
         result = build.reuse_unchanged(conn, ticket.kb_id, ticket.version, ticket.table)
         conn.commit()
     return result
-
-
-def embed_changed(
-    settings: Settings,
-    ticket: BuildTicket,
-    *,
-    embedder: Embedder | None = None,
-    total_texts: int = 0,
-    on_progress: ProgressFn | None = None,
-) -> EmbedStats:
-    """Embed and load only chunks whose text is new to this fingerprint's table."""
-    embedder = embedder or make_embedder(settings)
-    with connect(settings) as reader, connect(settings) as writer:
-        return embedding.embed_missing(
-            reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
-            embedder=embedder, batch_size=settings.embed_batch_size, total_texts=total_texts,
-            on_progress=on_progress,
-        )
 
 
 def build_counts(

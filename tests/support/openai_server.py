@@ -11,6 +11,12 @@ a script of misbehaviours consumed one request at a time::
         ...
         assert len(server.requests) == 2
 
+The Batch API is there too: ``POST /v1/files`` (multipart upload), ``GET
+/v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}`` and ``POST
+/v1/batches/{id}/cancel``. A batch moves validating → in_progress → ``batch_outcome``
+("completed", "failed", "expired") over ``batch_polls`` retrievals; a completed one
+has an output file of embeddings responses, one line per input line.
+
 Vectors come from ``OfflineEmbedder`` at the requested ``dimensions`` (or
 ``default_dims``), so they are deterministic and similar texts stay similar.
 """
@@ -18,8 +24,12 @@ Vectors come from ``OfflineEmbedder`` at the requested ``dimensions`` (or
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
+import itertools
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,6 +63,7 @@ class RecordedRequest:
     encoding_format: str | None
     authorization: str | None
     retry_count: int
+    received_at: float = 0.0  # time.monotonic() on arrival
 
     @property
     def n_inputs(self) -> int:
@@ -82,14 +93,24 @@ class FakeOpenAIServer:
             OpenAI's 401 (with the key masked, as OpenAI does).
         always_float: answer plain float lists even when base64 was asked for,
             as some OpenAI-compatible servers do.
+        latency_seconds: how long each embeddings request takes to answer (a
+            provider's fixed per-request latency, for benchmarks).
     """
 
     def __init__(
-        self, default_dims: int = 1536, api_key: str | None = None, always_float: bool = False
+        self, default_dims: int = 1536, api_key: str | None = None, always_float: bool = False,
+        latency_seconds: float = 0.0,
     ) -> None:
         self.default_dims = default_dims
         self.api_key = api_key
         self.always_float = always_float
+        self.latency_seconds = latency_seconds
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_outcome = "completed"
+        self.batch_polls = 2
+        self.batch_api = True  # False: /v1/batches answers 404, as servers without it do
+        self._ids = itertools.count(1)
         self.requests: list[RecordedRequest] = []
         self._script: deque[_Step] = deque()
         self._lock = threading.Lock()
@@ -139,6 +160,16 @@ class FakeOpenAIServer:
         if self._httpd is None:
             raise RuntimeError("server is not running; call start() or use it as a context")
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def most_in_window(self, seconds: float, path: str = "/v1/embeddings") -> int:
+        """Return the most requests to ``path`` that arrived within any ``seconds`` window."""
+        times = sorted(r.received_at for r in self.requests if r.path.rstrip("/") == path)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] > seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     # -- script --------------------------------------------------------------
 
@@ -201,6 +232,38 @@ class FakeOpenAIServer:
             vectors = embedder.embed(list(inputs))
         return np.ascontiguousarray(vectors[:, :dims])
 
+    def _public(self, batch_id: str) -> dict[str, Any]:
+        return {k: v for k, v in self.batches[batch_id].items() if k != "polls"}
+
+    def _poll_batch(self, batch_id: str) -> dict[str, Any]:
+        """Move a batch one step towards ``batch_outcome``; write its output when completed."""
+        batch = self.batches[batch_id]
+        if batch["status"] in {"validating", "in_progress"}:
+            batch["polls"] += 1
+            batch["status"] = "in_progress"
+            if batch["polls"] >= self.batch_polls:
+                batch["status"] = self.batch_outcome
+                if self.batch_outcome == "completed":
+                    batch["output_file_id"] = self._batch_output(batch["input_file_id"])
+        return self._public(batch_id)
+
+    def _batch_output(self, input_file_id: str) -> str:
+        lines = []
+        for raw in self.files[input_file_id].splitlines():
+            line = json.loads(raw)
+            body = line["body"]
+            inputs = tuple(body["input"])
+            vectors = self._vectors(inputs, body.get("dimensions") or self.default_dims)
+            as_base64 = body.get("encoding_format") == "base64"
+            data = [_embedding_item(i, vectors[i], as_base64) for i in range(len(inputs))]
+            lines.append(json.dumps({
+                "id": f"req-{line['custom_id']}", "custom_id": line["custom_id"], "error": None,
+                "response": {"status_code": 200, "request_id": line["custom_id"], "body": {
+                    "object": "list", "data": data, "model": body["model"]}}}))
+        file_id = f"file-{next(self._ids)}"
+        self.files[file_id] = ("\n".join(lines) + "\n").encode()
+        return file_id
+
     def _wait_for_stop(self) -> None:
         self._stopping.wait(_HANG_LIMIT_SECONDS)
 
@@ -213,11 +276,24 @@ class _Handler(BaseHTTPRequestHandler):
         """Stay quiet: test output is for test results."""
 
     def do_GET(self) -> None:
+        parts = self.path.strip("/").split("/")
+        self._record_call("GET")
+        if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
+            content = self.fake.files.get(parts[2])
+            if content is not None:
+                self._send_bytes(content)
+                return
+        if parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in self.fake.batches:
+            self._send_json(200, self.fake._poll_batch(parts[2]))
+            return
         self._send_error(404, f"Invalid URL (GET {self.path})", "invalid_request_error", None)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.path.startswith(("/v1/files", "/v1/batches")):
+            self._batch_api(raw)
+            return
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
@@ -227,6 +303,48 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(404, f"Invalid URL (POST {self.path})", "invalid_request_error", None)
             return
         self._embeddings(body)
+
+    def _record_call(self, method: str) -> None:
+        self.fake._record(RecordedRequest(
+            method=method, path=self.path, model=None, inputs=(), dimensions=None,
+            encoding_format=None, authorization=self.headers.get("Authorization"), retry_count=0,
+            received_at=time.monotonic()))
+
+    def _batch_api(self, raw: bytes) -> None:
+        self._record_call("POST")
+        fake, parts = self.fake, self.path.strip("/").split("/")
+        if parts == ["v1", "files"]:
+            message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + raw)
+            fields = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+                      for p in message.iter_parts()}
+            file_id = f"file-{next(fake._ids)}"
+            fake.files[file_id] = fields["file"]
+            self._send_json(200, {"id": file_id, "object": "file", "bytes": len(fields["file"]),
+                                  "created_at": 0, "filename": "input.jsonl",
+                                  "purpose": fields["purpose"].decode(), "status": "processed"})
+        elif not fake.batch_api:
+            self._send_error(404, f"Invalid URL (POST {self.path})", "invalid_request_error", None)
+        elif parts == ["v1", "batches"]:
+            body = json.loads(raw)
+            batch_id = f"batch_{next(fake._ids)}"
+            fake.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body["endpoint"],
+                "input_file_id": body["input_file_id"], "completion_window": "24h",
+                "created_at": 0, "status": "validating", "output_file_id": None, "polls": 0}
+            self._send_json(200, fake._public(batch_id))
+        elif len(parts) == 4 and parts[3] == "cancel" and parts[2] in fake.batches:
+            fake.batches[parts[2]]["status"] = "cancelled"
+            self._send_json(200, fake._public(parts[2]))
+        else:
+            self._send_error(404, f"Invalid URL (POST {self.path})", "invalid_request_error", None)
+
+    def _send_bytes(self, content: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         raw_input = body.get("input")
@@ -240,8 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
             encoding_format=body.get("encoding_format"),
             authorization=self.headers.get("Authorization"),
             retry_count=int(self.headers.get("x-stainless-retry-count") or 0),
+            received_at=time.monotonic(),
         )
         step = self.fake._record(request)
+        if self.fake.latency_seconds:
+            time.sleep(self.fake.latency_seconds)  # the simulated provider's work
         if self._refused(request, inputs, step):
             return
         dims = request.dimensions or self.fake.default_dims
