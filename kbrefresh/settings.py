@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     tracking: bool = True  # every build an MLflow run, versions registered with aliases
 
     maintenance_work_mem: str = "1GB"
+    # "vector" (float32) or "halfvec" (float16: half the index memory); part of the fingerprint.
+    embedding_storage: str = "vector"
+    # Parallel workers for an HNSW build; None: sized to the server (see store.segments).
+    index_build_workers: int | None = Field(default=None, ge=0, le=64)
+    # New rows stay out of the HNSW index (the delta segment, searched exactly) until a
+    # build adds more than this many, or a compaction after publish merges them.
+    delta_max_rows: int = Field(default=5000, ge=0, le=1_000_000)
     keep_versions: int = Field(default=2, ge=1, le=100)
 
     @field_validator("embedder")
@@ -47,6 +54,13 @@ class Settings(BaseSettings):
     def _known_embedder(cls, value: str) -> str:
         if value not in {"offline", "openai"}:
             raise ValueError(f"unknown embedder {value!r}; expected 'offline' or 'openai'")
+        return value
+
+    @field_validator("embedding_storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if value not in {"vector", "halfvec"}:
+            raise ValueError(f"unknown embedding storage {value!r}; expected 'vector' or 'halfvec'")
         return value
 
     def resolved_openai_key(self) -> str | None:

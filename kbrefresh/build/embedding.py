@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -43,6 +44,7 @@ def embed_missing(
     batch_size: int,
     total_texts: int = 0,
     on_progress: ProgressFn | None = None,
+    storage: str = "vector",
 ) -> EmbedStats:
     """Embed staged chunks whose text hash the table does not know, and COPY them in.
 
@@ -68,7 +70,7 @@ def embed_missing(
         for row in cur:
             new_hash = not batch or batch[-1]["content_hash"] != row["content_hash"]
             if new_hash and hashes >= batch_size:
-                e, lo = _flush(writer, table, version, batch, embedder)
+                e, lo = _flush(writer, table, version, batch, embedder, storage)
                 texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
                 if on_progress:
                     on_progress(texts, total_texts)
@@ -76,7 +78,7 @@ def embed_missing(
             hashes += new_hash
             batch.append(row)
         if batch:
-            e, lo = _flush(writer, table, version, batch, embedder)
+            e, lo = _flush(writer, table, version, batch, embedder, storage)
             texts, rows, embed_s, load_s = texts + hashes, rows + len(batch), embed_s + e, load_s + lo
             if on_progress:
                 on_progress(texts, total_texts)
@@ -84,7 +86,8 @@ def embed_missing(
 
 
 def _flush(
-    writer: Conn, table: str, version: int, batch: list[dict[str, Any]], embedder: Embedder
+    writer: Conn, table: str, version: int, batch: list[dict[str, Any]], embedder: Embedder,
+    storage: str = "vector",
 ) -> tuple[float, float]:
     unique: dict[str, str] = {}
     for row in batch:
@@ -98,7 +101,7 @@ def _flush(
             f"(shape {vectors.shape!r} for {len(unique)} texts, or non-finite values)"
         )
     by_hash = dict(zip(unique, vectors, strict=True))
-    load_rows(writer, table, version, batch, by_hash)
+    load_rows(writer, table, version, batch, by_hash, storage=storage)
     return embedded - started, time.perf_counter() - embedded
 
 
@@ -111,25 +114,35 @@ def _identity(text: str) -> str:
     return text
 
 
+def _identity_vector(vector: Any) -> Any:
+    return vector
+
+
 def load_rows(
     writer: Conn,
     table: str,
     version: int,
     rows: Sequence[dict[str, Any]],
     vectors: dict[str, np.ndarray[Any, Any]],
+    *,
+    storage: str = "vector",
 ) -> None:
-    """Write chunk rows with their vectors by binary COPY and commit."""
+    """Write chunk rows with their vectors by binary COPY and commit.
+
+    ``storage`` is the column's type: "vector" or "halfvec" (vectors sent as float16).
+    """
+    wrap: Callable[[Any], Any] = HalfVector if storage == "halfvec" else _identity_vector
     with writer.cursor() as cur, cur.copy(
         sql.SQL(
             "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
             "valid_from) FROM STDIN WITH (FORMAT BINARY)"
         ).format(sql.Identifier(table))
     ) as copy:
-        copy.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
+        copy.set_types(["text", "int4", "text", "text", "jsonb", storage, "int4"])
         for r in rows:
             copy.write_row(
                 (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
-                 _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
+                 _jsonb(r["metadata"]), wrap(vectors[r["content_hash"]]), version)
             )
     writer.commit()
 

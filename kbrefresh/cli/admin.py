@@ -100,3 +100,25 @@ def registry_sync(
         changes = sync_registry(settings, kb)
     for line in changes or ["registry already matches the routing"]:
         console.print(escape(line))
+
+
+@app.command(name="compact")
+def compact_cmd(
+    kb: KbOpt,
+    min_rows: Annotated[int, typer.Option(
+        min=0, help="Leave a delta of at most this many rows alone (0: merge any).")] = 0,
+    lock_wait: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for a running refresh of the KB.")] = 0.0,
+) -> None:
+    """Merge the live version's delta segment (rows newer than the HNSW index) into the index."""
+    from kbrefresh.refresh import steps
+
+    settings = _settings()
+    with _errors(), steps.refresh_lock(settings, kb, wait_seconds=lock_wait):
+        placed = steps.compact_index(settings, kb, min_rows=min_rows)
+    if placed.action == "compacted":
+        console.print(f"merged {placed.delta_rows} delta rows of {escape(kb)!r} into the "
+                      f"HNSW index (up to version {placed.main_upto}) in {placed.index_seconds:.1f} s")
+    else:
+        console.print(f"nothing to merge: {placed.delta_rows} rows in the delta segment "
+                      f"of {escape(kb)!r}")

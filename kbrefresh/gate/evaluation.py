@@ -224,11 +224,11 @@ def _run_version(
     duplicated: list[str] = []
     try:
         for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
-            search_version(conn, table.table, version, vectors[i], k=depth)
+            search_version(conn, table, version, vectors[i], k=depth)
         for i, q in enumerate(queries):
             barrier.wait(timeout=60)
             started = time.perf_counter()
-            hits = search_version(conn, table.table, version, vectors[i], k=depth)
+            hits = search_version(conn, table, version, vectors[i], k=depth)
             elapsed = (time.perf_counter() - started) * 1000
             results.append(QueryResult(
                 q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,

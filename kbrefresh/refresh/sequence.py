@@ -37,7 +37,7 @@ T = TypeVar("T")
 # candidate stops before publish_version. fail_build runs only after an error.
 STEPS = ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "embed_changed",
          "finalize_version", "smoke_check", "validate_candidate", "record_build",
-         "publish_version", "sync_aliases")
+         "publish_version", "compact_index", "sync_aliases")
 
 
 class RefreshHooks:
@@ -209,7 +209,8 @@ def run_refresh(
     embedder = embedder or make_embedder(settings)
     if policy is None:
         policy = request.acceptance_policy()
-    fingerprint = steps.fingerprint_for(embedder, request.chunker())
+    fingerprint = steps.fingerprint_for(embedder, request.chunker(),
+                                        storage=settings.embedding_storage)
     hooks.refresh_started(request)
     with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds):
         ticket = step(steps.begin_version, settings, request.kb, fingerprint,
@@ -241,6 +242,8 @@ def run_refresh(
                              verdict=outcome.as_dict() if outcome else smoke.as_dict())
         published = step(steps.publish_version, settings, ticket, reason=request.reason,
                          flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
+        # Off the critical path: the new version already serves while its delta merges.
+        step(steps.compact_index, settings, request.kb)
     registry_warning = step(steps.sync_aliases, settings, request.kb)
     report = make_report(ticket, prepared, plan, stats, reuse, published, step.seconds,
                          outcome=outcome, record=record, registry_warning=registry_warning)

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from psycopg import sql
 
-from kbrefresh.store import Conn, in_version
+from kbrefresh.store import Conn, FingerprintTable, in_version
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ SEARCH_SESSION_SQL = _SETTINGS_SQL.format(local="false").replace("%s", f"'{SEARC
 
 def search_version(
     conn: Conn,
-    table: str,
+    table: str | FingerprintTable,
     version: int,
     vector: npt.NDArray[np.float32],
     k: int = 5,
@@ -49,18 +49,17 @@ def search_version(
 ) -> list[Hit]:
     """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
 
-    pgvector 0.8 iterative scans keep a filtered HNSW search from returning fewer
-    than ``k`` rows when the version filter discards neighbours of other versions.
+    One statement, one round trip: the HNSW index's top ``k`` over the main segment
+    and the exact top ``k`` over the delta segment (rows newer than the index, see
+    ``store.segments``), merged by distance. pgvector 0.8 iterative scans keep the
+    filtered index scan from returning fewer than ``k`` rows when the version filter
+    discards neighbours of other versions. A bare table name searches the whole table
+    in one scan (no segments known).
     """
     if k < 1:
         raise ValueError(f"expected k >= 1, got {k!r}")
-    query = sql.SQL(
-        "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata,"
-        " 1 - (c.embedding <=> %(q)s) AS similarity FROM {} c WHERE "
-    ).format(sql.Identifier(table)) + in_version() + sql.SQL(
-        " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
-    )
     params = {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
+    query = search_sql(table, version)
     if session_configured and 2 * k <= SEARCH_EF_SEARCH:
         # The caller ran SEARCH_SESSION_SQL on this connection: one round trip per search.
         return _hits(conn.execute(query, params).fetchall(), version)
@@ -68,6 +67,35 @@ def search_version(
         conn.execute(_SETTINGS_SQL.format(local="true"), (str(max(SEARCH_EF_SEARCH, 2 * k)),))
         rows = conn.execute(query, params).fetchall()
     return _hits(rows, version)
+
+
+def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
+    """Return the search statement for ``version`` (parameters ``q``, ``k``, ``version``)."""
+    if isinstance(table, str):
+        name, storage, upto = table, "vector", None
+    else:
+        name, storage, upto = table.table, table.storage, table.main_upto
+    distance = sql.SQL("c.embedding <=> %(q)s::{}").format(sql.SQL(storage))
+
+    def branch(segment: sql.Composable | None) -> sql.Composed:
+        where = in_version() if segment is None else segment + sql.SQL(" AND ") + in_version()
+        return sql.SQL(
+            "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata, {d} AS distance"
+            " FROM {t} c WHERE {w} ORDER BY {d} LIMIT %(k)s"
+        ).format(d=distance, t=sql.Identifier(name), w=where)
+
+    if upto is None:
+        parts = [branch(None)]
+    else:
+        # A literal, not a parameter: the planner must see it to use the partial index.
+        parts = [branch(sql.SQL("c.valid_from <= {}").format(sql.Literal(upto)))]
+        if version > upto:  # a version the index covers has no rows in the delta
+            parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(upto))))
+    union = sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
+    return sql.SQL(
+        "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"
+        " FROM ({}) s ORDER BY s.distance, s.id LIMIT %(k)s"
+    ).format(union)
 
 
 def _hits(rows: list[dict[str, Any]], version: int) -> list[Hit]:
