@@ -105,20 +105,20 @@ def registry_sync(
 @app.command(name="compact")
 def compact_cmd(
     kb: KbOpt,
-    min_rows: Annotated[int, typer.Option(
-        min=0, help="Leave a delta of at most this many rows alone (0: merge any).")] = 0,
+    min_share: Annotated[float, typer.Option(
+        min=0, help="Merge only when the rows past the main index exceed this share of it.")] = 0.0,
     lock_wait: Annotated[float, typer.Option(
         min=0, help="Seconds to wait for a running refresh of the KB.")] = 0.0,
 ) -> None:
-    """Merge the live version's delta segment (rows newer than the HNSW index) into the index."""
+    """Merge the live version's delta and tail (rows newer than the main HNSW index) into it."""
     from kbrefresh.refresh import steps
 
     settings = _settings()
     with _errors(), steps.refresh_lock(settings, kb, wait_seconds=lock_wait):
-        placed = steps.compact_index(settings, kb, min_rows=min_rows)
+        placed = steps.compact_index(settings, kb, min_share=min_share)
     if placed.action == "compacted":
-        console.print(f"merged {placed.delta_rows} delta rows of {escape(kb)!r} into the "
-                      f"HNSW index (up to version {placed.main_upto}) in {placed.index_seconds:.1f} s")
+        console.print(f"merged {placed.delta_rows} rows of {escape(kb)!r} into the main HNSW "
+                      f"index (up to version {placed.main_upto}) in {placed.index_seconds:.1f} s")
     else:
-        console.print(f"nothing to merge: {placed.delta_rows} rows in the delta segment "
-                      f"of {escape(kb)!r}")
+        console.print(f"nothing merged: {placed.delta_rows} rows of {escape(kb)!r} are past the "
+                      "main index")

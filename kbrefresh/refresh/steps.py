@@ -243,7 +243,7 @@ def finalize_version(
     with connect(settings, autocommit=True) as conn:
         fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
         placed = store.place_new_rows(
-            conn, fp, ticket.version, delta_max_rows=settings.delta_max_rows,
+            conn, fp, ticket.version, delta_exact_rows=settings.delta_exact_rows,
             maintenance_work_mem=settings.maintenance_work_mem,
             workers=_index_workers(conn, settings))
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(ticket.table)))
@@ -257,33 +257,36 @@ def finalize_version(
 
 
 def _index_workers(conn: store.Conn, settings: Settings) -> int:
-    return store.build_workers(conn, settings.index_build_workers,
-                               local_server=settings.database_url is None)
+    return store.build_workers(conn, settings.index_build_workers)
 
 
-def compact_index(settings: Settings, kb: str, *, min_rows: int | None = None) -> store.Placement:
-    """Merge the live version's delta segment into the HNSW index (after publish).
+def compact_index(
+    settings: Settings, kb: str, *, min_share: float | None = None
+) -> store.Placement:
+    """Merge the live version's segments into one main HNSW index (after publish).
 
-    ``min_rows`` (default: half of ``delta_max_rows``): a smaller delta is left alone.
+    Only once the rows past the main index exceed ``min_share`` (default: the
+    ``compact_share`` setting) of the rows in it; 0 merges any.
     Call under the KB's refresh lock. A database error is logged, not raised: the
     version already serves, and its delta stays searchable until the next build.
     """
     try:
-        return _compact(settings, kb, min_rows)
+        return _compact(settings, kb, settings.compact_share if min_share is None else min_share)
     except psycopg.Error as exc:
-        logger.warning("compacting the index of %r failed, its delta stays exact: %s", kb, exc)
-        return store.Placement("failed", None, 0, 0.0, 0)
+        logger.warning("compacting the index of %r failed, its segments stay as they were: %s",
+                       kb, exc)
+        return store.Placement("failed", None, None, 0, 0.0, 0)
 
 
-def _compact(settings: Settings, kb: str, min_rows: int | None) -> store.Placement:
+def _compact(settings: Settings, kb: str, min_share: float) -> store.Placement:
     with connect(settings, autocommit=True) as conn:
         kb_id = store.get_kb_id(conn, kb)
         live = routing.live_version(conn, kb_id)
         if live is None:
-            return store.Placement("exact", None, 0, 0.0, 0)
+            return store.Placement("exact", None, None, 0, 0.0, 0)
         fp = store.fingerprint_for_version(conn, kb_id, live)
         return store.compact(
-            conn, fp, live, min_rows=settings.delta_max_rows // 2 if min_rows is None else min_rows,
+            conn, fp, live, min_share=min_share,
             maintenance_work_mem=settings.maintenance_work_mem,
             workers=_index_workers(conn, settings))
 

@@ -49,9 +49,9 @@ def search_version(
 ) -> list[Hit]:
     """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
 
-    One statement, one round trip: the HNSW index's top ``k`` over the main segment
-    and the exact top ``k`` over the delta segment (rows newer than the index, see
-    ``store.segments``), merged by distance. pgvector 0.8 iterative scans keep the
+    One statement, one round trip: the top ``k`` of each segment the version has rows
+    in (main HNSW index, delta HNSW index, exact tail; see ``store.segments``), merged
+    by distance. pgvector 0.8 iterative scans keep the
     filtered index scan from returning fewer than ``k`` rows when the version filter
     discards neighbours of other versions. A bare table name searches the whole table
     in one scan (no segments known).
@@ -70,11 +70,15 @@ def search_version(
 
 
 def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
-    """Return the search statement for ``version`` (parameters ``q``, ``k``, ``version``)."""
+    """Return the search statement for ``version`` (parameters ``q``, ``k``, ``version``).
+
+    One branch per segment the version has rows in (``store.segments``): the main
+    HNSW index, the delta HNSW index, the exact tail; each its own top ``k``.
+    """
     if isinstance(table, str):
-        name, storage, upto = table, "vector", None
+        name, storage, main, delta = table, "vector", None, None
     else:
-        name, storage, upto = table.table, table.storage, table.main_upto
+        name, storage, main, delta = table.table, table.storage, table.main_upto, table.delta_upto
     distance = sql.SQL("c.embedding <=> %(q)s::{}").format(sql.SQL(storage))
 
     def branch(segment: sql.Composable | None) -> sql.Composed:
@@ -84,13 +88,19 @@ def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
             " FROM {t} c WHERE {w} ORDER BY {d} LIMIT %(k)s"
         ).format(d=distance, t=sql.Identifier(name), w=where)
 
-    if upto is None:
+    # Bounds are literals, not parameters: the planner must see them to use partial indexes.
+    if main is None:
         parts = [branch(None)]
     else:
-        # A literal, not a parameter: the planner must see it to use the partial index.
-        parts = [branch(sql.SQL("c.valid_from <= {}").format(sql.Literal(upto)))]
-        if version > upto:  # a version the index covers has no rows in the delta
-            parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(upto))))
+        parts = [branch(sql.SQL("c.valid_from <= {}").format(sql.Literal(main)))]
+        tail_from = main
+        if delta is not None and delta > main:
+            if version > main:
+                parts.append(branch(sql.SQL("c.valid_from > {} AND c.valid_from <= {}").format(
+                    sql.Literal(main), sql.Literal(delta))))
+            tail_from = delta
+        if version > tail_from:  # versions the indexes cover have no rows in the tail
+            parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(tail_from))))
     union = sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
     return sql.SQL(
         "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"

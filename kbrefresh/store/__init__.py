@@ -30,6 +30,7 @@ from kbrefresh.store.rows import (
 )
 from kbrefresh.store.segments import (
     Placement,
+    build_delta_index,
     build_main_index,
     build_workers,
     compact,
@@ -37,6 +38,7 @@ from kbrefresh.store.segments import (
     has_vector_index,
     hnsw_indexes,
     place_new_rows,
+    segment_indexes,
 )
 from kbrefresh.store.tables import (
     HNSW_MAX_DIMS,
@@ -70,6 +72,7 @@ __all__ = [
     "RoutingEvent",
     "VersionInfo",
     "VersionStatus",
+    "build_delta_index",
     "build_main_index",
     "build_workers",
     "catalog_manifest",
@@ -90,6 +93,7 @@ __all__ = [
     "place_new_rows",
     "purge_dead_rows",
     "revert_version_rows",
+    "segment_indexes",
     "set_status",
     "table_exists",
     "table_size_bytes",

@@ -38,18 +38,20 @@ class FingerprintTable:
     table: str
     spec: dict[str, Any]
     storage: str = "vector"
-    # Rows with valid_from <= main_upto are in the HNSW index; None: no index yet.
+    # Rows with valid_from <= main_upto are in the main HNSW index (None: no index yet);
+    # rows up to delta_upto in the delta HNSW index (None: none). See store.segments.
     main_upto: int | None = None
+    delta_upto: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> FingerprintTable:
         return cls(
             int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"],
-            row["storage"], row["main_upto"],
+            row["storage"], row["main_upto"], row["delta_upto"],
         )
 
 
-_FP_COLUMNS = "id, fp_key, dims, table_name, spec, storage, main_upto"
+_FP_COLUMNS = "id, fp_key, dims, table_name, spec, storage, main_upto, delta_upto"
 
 
 def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTable:
@@ -109,7 +111,7 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
 
 def fingerprint_for_version(conn: Conn, kb_id: int, version: int) -> FingerprintTable:
     row = conn.execute(
-        "SELECT f.id, f.fp_key, f.dims, f.table_name, f.spec, f.storage, f.main_upto "
+        "SELECT f.id, f.fp_key, f.dims, f.table_name, f.spec, f.storage, f.main_upto, f.delta_upto "
         "FROM kb_versions v JOIN kb_fingerprints f ON f.id = v.fingerprint_id "
         "WHERE v.kb_id = %s AND v.version = %s",
         (kb_id, version),

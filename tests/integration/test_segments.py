@@ -48,8 +48,8 @@ def edit(source: Path, ids: list[str]) -> None:
 
 @pytest.fixture
 def two_versions(settings: Settings, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
-    """v1 (indexed) and v2 whose new rows stay in the delta segment."""
-    settings = settings.model_copy(update={"delta_max_rows": 1000})
+    """v1 (indexed) and v2 whose new rows stay in the exact tail."""
+    settings = settings.model_copy(update={"delta_exact_rows": 1000})
     source = tmp_path / "corpus"
     ids = write_corpus(source, 40)
     first = refresh(settings, source)
@@ -77,11 +77,11 @@ def test_new_rows_stay_in_the_delta_and_searches_are_exact(
     two_versions: tuple[Settings, dict[str, Any]],
 ) -> None:
     settings, counts = two_versions
-    assert counts["index_action"] == "delta" and counts["main_upto"] == 1
+    assert counts["index_action"] == "exact" and counts["main_upto"] == 1
     with connect(settings) as conn:
         fp = store.fingerprint_for_version(conn, 1, 2)
-        assert fp.main_upto == 1
-        assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_1"]
+        assert (fp.main_upto, fp.delta_upto) == (1, None)
+        assert store.segment_indexes(conn, fp.table) == [f"{fp.table}_hnsw_1", f"{fp.table}_tail_1"]
         delta = store.delta_rows(conn, fp, 2)
         assert delta == counts["delta_rows"] > 0
         rows = {v: version_rows(conn, fp, v) for v in (1, 2)}
@@ -123,8 +123,8 @@ def test_a_search_is_one_statement_using_the_index_for_the_main_segment(
             sql.SQL("EXPLAIN ") + search_sql(fp, 2),
             {"q": np.ones(DIMS, dtype=np.float32), "k": 5, "version": 2}).fetchall())
         assert f"Index Scan using {fp.table}_hnsw_1" in plan
-        assert f"Index Scan using {fp.table}_delta_1" in plan  # the delta's own b-tree
-        assert plan.count("_hnsw_1") == 1 and plan.count("_delta_1") == 1
+        assert f"Index Scan using {fp.table}_tail_1" in plan  # the tail's own b-tree
+        assert plan.count("_hnsw_1") == 1 and plan.count("_tail_1") == 1
         # A version the index covers has no delta branch.
         assert "UNION ALL" not in search_sql(fp, 1).as_string(conn)
 
@@ -137,32 +137,67 @@ def test_compaction_merges_the_delta_and_keeps_results(
     with connect(settings) as conn:
         fp = store.fingerprint_for_version(conn, 1, 2)
         before = [h.chunk_id for h in search_version(conn, fp, 2, q, k=10)]
-    assert steps.compact_index(settings, "kb").action == "delta"  # below half of 1000 rows
-    placed = steps.compact_index(settings, "kb", min_rows=0)
+    assert steps.compact_index(settings, "kb", min_share=0.5).action == "exact"  # a few rows
+    placed = steps.compact_index(settings, "kb", min_share=0)
     assert (placed.action, placed.main_upto) == ("compacted", 2)
     with connect(settings) as conn:
         fp = store.fingerprint_for_version(conn, 1, 2)
         assert fp.main_upto == 2 and store.delta_rows(conn, fp, 2) == 0
-        assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2"]
+        assert store.segment_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2", f"{fp.table}_tail_2"]
         assert [h.chunk_id for h in search_version(conn, fp, 2, q, k=10)] == before
         stale = store.FingerprintTable(fp.id, fp.key, fp.dims, fp.table, fp.spec, fp.storage, 1)
         # A reader that cached main_upto=1 still gets the same answer.
         assert [h.chunk_id for h in search_version(conn, stale, 2, q, k=10)] == before
-    assert steps.compact_index(settings, "kb", min_rows=0).action == "delta"  # nothing left
+    assert steps.compact_index(settings, "kb", min_share=0).action == "exact"  # nothing left
 
 
-def test_a_large_change_rebuilds_the_index_at_finalize(settings: Settings, tmp_path: Path) -> None:
-    settings = settings.model_copy(update={"delta_max_rows": 3, "index_build_workers": 1})
+def test_a_larger_change_gets_its_own_delta_index(settings: Settings, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"delta_exact_rows": 3, "index_build_workers": 1})
     source = tmp_path / "corpus"
-    ids = write_corpus(source, 20)
+    ids = write_corpus(source, 40)
     refresh(settings, source)
     edit(source, ids)
     counts = refresh(settings, source)
-    assert (counts["index_action"], counts["main_upto"], counts["index_workers"]) == ("rebuilt", 2, 1)
-    assert counts["delta_rows"] > 3
+    assert (counts["index_action"], counts["main_upto"], counts["delta_upto"]) == ("delta", 1, 2)
+    assert counts["delta_rows"] > 3 and counts["index_workers"] == 1
+    rng = random.Random(4)
+    (source / "general/new-95.md").write_text(markdown_doc("Newer", "general", rng, 1), "utf-8")
+    settings = settings.model_copy(update={"delta_exact_rows": 1000})
+    assert refresh(settings, source)["index_action"] == "exact"  # v3's row: the exact tail
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 3)
+        t = fp.table
+        assert (fp.main_upto, fp.delta_upto) == (1, 2)
+        assert store.segment_indexes(conn, t) == [f"{t}_dhnsw_1_2", f"{t}_hnsw_1", f"{t}_tail_2"]
+        params = {"q": np.ones(DIMS, dtype=np.float32), "k": 5, "version": 3}
+        conn.execute("SELECT set_config('enable_seqscan', 'off', false)")
+        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
+            sql.SQL("EXPLAIN ") + search_sql(fp, 3), params).fetchall())
+        for index in (f"{t}_hnsw_1", f"{t}_dhnsw_1_2", f"{t}_tail_2"):
+            assert plan.count(f"Index Scan using {index} ") == 1, index
+        q_rng = np.random.default_rng(8)
+        found = wanted = 0
+        for version in (1, 2, 3):
+            rows = version_rows(conn, fp, version)
+            for i in sorted(rows)[-6:]:  # the newest rows: in the delta index and the tail
+                q = rows[i] + q_rng.normal(scale=0.01, size=DIMS).astype(np.float32)
+                hits = [h.chunk_id for h in search_version(conn, fp, version, q, k=8)]
+                assert hits[0] == i and set(hits) <= set(rows)  # the filter stays exact
+                found += len(set(hits) & set(exact_top(rows, q, 8)))
+                wanted += 8
+        assert found / wanted >= 0.9  # two HNSW indexes: approximate, not exact
+
+
+def test_a_change_larger_than_the_main_index_rebuilds_it(settings: Settings, tmp_path: Path) -> None:
+    source = tmp_path / "corpus"
+    write_corpus(source, 20)
+    refresh(settings, source)
+    write_corpus(source, 20, seed=99)  # every document rewritten
+    counts = refresh(settings, source)
+    assert (counts["index_action"], counts["main_upto"], counts["delta_upto"]) == ("rebuilt", 2, None)
     with connect(settings) as conn:
         fp = store.fingerprint_for_version(conn, 1, 2)
-        assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2"]
+        assert store.segment_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2", f"{fp.table}_tail_2"]
         assert store.delta_rows(conn, fp, 2) == 0
         row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                            (f"{fp.table}_hnsw_2",)).fetchone()
@@ -186,6 +221,7 @@ def test_a_table_with_a_full_index_from_before_segments_gets_a_partial_one(
     assert (counts["index_action"], counts["main_upto"]) == ("built", 2)
     with connect(settings) as conn:
         assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2"]
+        assert store.fingerprint_for_version(conn, 1, 2).main_upto == 2
 
 
 def test_halfvec_storage_round_trips(settings: Settings, tmp_path: Path) -> None:
@@ -224,3 +260,12 @@ def test_vector_storage_keeps_the_fingerprint_key_of_before() -> None:
 def test_unknown_storage_is_refused(settings: Settings) -> None:
     with pytest.raises(ValueError, match="unknown embedding storage 'float8'; expected 'vector' or"):
         Settings(embedding_storage="float8")
+
+
+def test_index_workers_are_sized_to_a_server_on_this_machine(settings: Settings) -> None:
+    import os
+
+    with connect(settings) as conn:
+        # The test server listens on a Unix socket: this machine's cores, minus the leader.
+        assert store.build_workers(conn, None) == min(8, max((os.cpu_count() or 1) - 1, 0))
+        assert store.build_workers(conn, 3) == 3
