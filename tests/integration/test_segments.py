@@ -269,3 +269,25 @@ def test_index_workers_are_sized_to_a_server_on_this_machine(settings: Settings)
         # The test server listens on a Unix socket: this machine's cores, minus the leader.
         assert store.build_workers(conn, None) == min(8, max((os.cpu_count() or 1) - 1, 0))
         assert store.build_workers(conn, 3) == 3
+
+
+def test_the_compact_command_merges_and_then_has_nothing_left(
+    two_versions: tuple[Settings, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from kbrefresh.cli import app
+
+    settings, counts = two_versions
+    assert settings.database_url is not None
+    monkeypatch.setenv("KBREFRESH_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("KBREFRESH_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("KBREFRESH_TRACKING", "false")
+    monkeypatch.setenv("COLUMNS", "200")
+    first = CliRunner().invoke(app, ["compact", "--kb", "kb"])
+    assert first.exit_code == 0, first.output
+    assert f"merged {counts['delta_rows']} rows of 'kb' into the main HNSW index (up to version 2)" in (
+        first.output)
+    again = CliRunner().invoke(app, ["compact", "--kb", "kb"])
+    assert again.exit_code == 0 and "nothing merged: 0 rows of 'kb' are past the main index" in (
+        again.output)
