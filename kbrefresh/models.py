@@ -166,14 +166,18 @@ class Fingerprint:
     model: str
     dims: int
     chunker: Mapping[str, Any]
+    # How vectors are stored: "vector" (float32) or "halfvec" (float16).
+    storage: str = "vector"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        spec = {
             "provider": self.provider,
             "model": self.model,
             "dims": self.dims,
             "chunker": dict(self.chunker),
         }
+        # Only a non-default storage enters the spec, so existing fingerprints keep their key.
+        return spec | ({"storage": self.storage} if self.storage != "vector" else {})
 
     @property
     def key(self) -> str:
@@ -194,6 +198,7 @@ class BuildTicket:
     fingerprint_key: str
     live_version: int | None
     live_fingerprint_key: str | None
+    storage: str = "vector"
 
     @property
     def fingerprint_changed(self) -> bool:

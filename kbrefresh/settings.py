@@ -51,6 +51,10 @@ EXPECTED: dict[str, str] = {
     "embed_batch_api_min_texts": "an integer of at least 1",
     "embed_batch_api_poll_seconds": "a number of seconds > 0",
     "embed_batch_api_max_hours": "a number of hours > 0",
+    "embedding_storage": "'vector' or 'halfvec'",
+    "index_build_workers": "an integer from 0 to 64, or unset (sized to the server)",
+    "delta_exact_rows": "an integer from 0 to 100000",
+    "compact_share": "a number from 0 to 10",
     "notify_webhook_url": "an http:// or https:// URL",
     "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
     "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
@@ -118,6 +122,16 @@ class Settings(BaseSettings):
     tracking: bool = True  # every build an MLflow run, versions registered with aliases
 
     maintenance_work_mem: str = "1GB"
+    # "vector" (float32) or "halfvec" (float16: half the index memory); part of the fingerprint.
+    embedding_storage: str = "vector"
+    # Parallel workers for an HNSW build; None: sized to the server (see store.segments).
+    index_build_workers: int | None = Field(default=None, ge=0, le=64)
+    # Rows past the main HNSW index are scanned exactly up to this many (≈ +5 ms a search
+    # per 1,000 rows of 1536 dims here); beyond it a build gives them a small HNSW index.
+    delta_exact_rows: int = Field(default=1000, ge=0, le=100_000)
+    # After publish, merge everything into one main index once the rows past it exceed
+    # this share of the rows in it (a rebuild, off the critical path; 0: after every build).
+    compact_share: float = Field(default=0.2, ge=0, le=10)
     keep_versions: int = Field(default=2, ge=1, le=100)
 
     # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
@@ -181,12 +195,20 @@ class Settings(BaseSettings):
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
         return value.strip()
+
     @model_validator(mode="after")
     def _batches_fit_the_token_limit(self) -> Self:
         from kbrefresh.build.ratelimit import check_limits
 
         check_limits(self)
         return self
+
+    @field_validator("embedding_storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if value not in {"vector", "halfvec"}:
+            raise ValueError(f"unknown embedding storage {value!r}; expected 'vector' or 'halfvec'")
+        return value
 
     def resolved_openai_key(self) -> str | None:
         if self.openai_api_key is not None:

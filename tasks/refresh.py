@@ -25,6 +25,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
+from kbrefresh import store
 from kbrefresh.build.embedding import EmbedStats, ThrottleFn
 from kbrefresh.build.ratelimit import RateLimits
 from kbrefresh.build.staging import BuildPlan
@@ -239,6 +240,15 @@ def _published(hooks: PrefectHooks, ticket: BuildTicket, result: object) -> None
     )
 
 
+def _compacted(hooks: PrefectHooks, ticket: BuildTicket, result: object) -> None:
+    placed = cast(store.Placement, result)
+    if placed.action == "compacted":
+        get_run_logger().info("merged %d rows past the main index of %r into it in %.1f s",
+                              placed.delta_rows, ticket.kb, placed.index_seconds)
+    elif placed.action == "failed":
+        get_run_logger().warning("compaction of %r failed; its segments stay searchable", ticket.kb)
+
+
 def _synced(hooks: PrefectHooks, ticket: BuildTicket, result: object) -> None:
     if result:
         get_run_logger().warning("%s", result)
@@ -262,6 +272,7 @@ _AFTER: dict[str, Callable[[PrefectHooks, BuildTicket, object], None]] = {
     "validate_candidate": _validated,
     "record_build": _recorded,
     "publish_version": _published,
+    "compact_index": _compacted,
     "sync_aliases": _synced,
     "fail_build": _failed,
 }

@@ -151,6 +151,6 @@ def _load_line(
                 ).format(t=sql.Identifier(ticket.table)),
         {"kb_id": ticket.kb_id, "version": ticket.version, "hashes": list(by_hash)},
     ).fetchall()
-    load_rows(conn, ticket.table, ticket.version, rows, by_hash)
+    load_rows(conn, ticket.table, ticket.version, rows, by_hash, storage=ticket.storage)
     loaded = {r["content_hash"] for r in rows}
     return EmbedStats(len(loaded), len(rows), 0.0, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -103,6 +104,7 @@ def embed_batch(
     table: str,
     batch: EmbedBatch,
     embedder: Embedder,
+    storage: str = "vector",
 ) -> EmbedStats:
     """Embed the staged chunks of ``batch`` still unknown to ``table``; COPY and commit them.
 
@@ -119,7 +121,7 @@ def embed_batch(
     if not rows:
         return NO_STATS
     unique = {r["content_hash"]: r["embed_text"] for r in rows}
-    embed_s, load_s = _flush(writer, table, version, rows, unique, embedder)
+    embed_s, load_s = _flush(writer, table, version, rows, unique, embedder, storage)
     return EmbedStats(len(unique), len(rows), embed_s, load_s)
 
 
@@ -135,13 +137,14 @@ def embed_missing(
     max_chars: int = 400_000,
     total_texts: int = 0,
     on_progress: ProgressFn | None = None,
+    storage: str = "vector",
 ) -> EmbedStats:
     """Plan the batches and embed them one after the other (no fan-out)."""
     stats = NO_STATS
     for batch in plan_batches(reader, kb_id=kb_id, version=version, table=table,
                               batch_size=batch_size, max_chars=max_chars):
         stats += embed_batch(reader, writer, kb_id=kb_id, version=version, table=table,
-                             batch=batch, embedder=embedder)
+                             batch=batch, embedder=embedder, storage=storage)
         if on_progress:
             on_progress(stats.texts, total_texts)
     return stats
@@ -160,13 +163,14 @@ def _stream(
 
 def _flush(
     writer: Conn, table: str, version: int, rows: list[dict[str, Any]], unique: dict[str, str],
-    embedder: Embedder,
+    embedder: Embedder, storage: str = "vector",
 ) -> tuple[float, float]:
     started = time.perf_counter()
     vectors = embedder.embed(list(unique.values()))
     embedded = time.perf_counter()
     check_vectors(embedder, vectors, len(unique))
-    load_rows(writer, table, version, rows, dict(zip(unique, vectors, strict=True)))
+    load_rows(writer, table, version, rows, dict(zip(unique, vectors, strict=True)),
+              storage=storage)
     return embedded - started, time.perf_counter() - embedded
 
 
@@ -188,24 +192,34 @@ def _identity(text: str) -> str:
     return text
 
 
+def _identity_vector(vector: Any) -> Any:
+    return vector
+
+
 def load_rows(
     writer: Conn,
     table: str,
     version: int,
     rows: Sequence[dict[str, Any]],
     vectors: dict[str, np.ndarray[Any, Any]],
+    *,
+    storage: str = "vector",
 ) -> None:
-    """Write chunk rows with their vectors by binary COPY and commit."""
+    """Write chunk rows with their vectors by binary COPY and commit.
+
+    ``storage`` is the column's type: "vector" or "halfvec" (vectors sent as float16).
+    """
+    wrap: Callable[[Any], Any] = HalfVector if storage == "halfvec" else _identity_vector
     with writer.cursor() as cur, cur.copy(
         sql.SQL(
             "COPY {} (doc_id, chunk_index, content, content_hash, metadata, embedding, "
             "valid_from) FROM STDIN WITH (FORMAT BINARY)"
         ).format(sql.Identifier(table))
     ) as copy:
-        copy.set_types(["text", "int4", "text", "text", "jsonb", "vector", "int4"])
+        copy.set_types(["text", "int4", "text", "text", "jsonb", storage, "int4"])
         for r in rows:
             copy.write_row(
                 (r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
-                 _jsonb(r["metadata"]), vectors[r["content_hash"]], version)
+                 _jsonb(r["metadata"]), wrap(vectors[r["content_hash"]]), version)
             )
     writer.commit()

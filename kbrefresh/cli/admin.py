@@ -132,3 +132,25 @@ def registry_sync(
         changes = sync_registry(settings, kb)
     for line in changes or ["registry already matches the routing"]:
         console.print(escape(line))
+
+
+@app.command(name="compact")
+def compact_cmd(
+    kb: KbOpt,
+    min_share: Annotated[float, typer.Option(
+        min=0, help="Merge only when the rows past the main index exceed this share of it.")] = 0.0,
+    lock_wait: Annotated[float, typer.Option(
+        min=0, help="Seconds to wait for a running refresh of the KB.")] = 0.0,
+) -> None:
+    """Merge the live version's delta and tail (rows newer than the main HNSW index) into it."""
+    from kbrefresh.refresh import steps
+
+    settings = read_settings()
+    with errors(), steps.refresh_lock(settings, kb, wait_seconds=lock_wait):
+        placed = steps.compact_index(settings, kb, min_share=min_share)
+    if placed.action == "compacted":
+        console.print(f"merged {placed.delta_rows} rows of {escape(kb)!r} into the main HNSW "
+                      f"index (up to version {placed.main_upto}) in {placed.index_seconds:.1f} s")
+    else:
+        console.print(f"nothing merged: {placed.delta_rows} rows of {escape(kb)!r} are past the "
+                      "main index")

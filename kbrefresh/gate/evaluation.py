@@ -9,6 +9,8 @@ to their documents, so labels survive re-chunking.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from kbrefresh import store
 from kbrefresh.db import connect
@@ -168,9 +171,19 @@ def evaluate(
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
+    key = golden_key(queries, depth)
+    # Live's results from its own gate, when neither live nor the golden set changed since.
+    reused = stored_results(conn, kb_id, live, key) if live is not None else None
+    run = [v for v in targets if v != live or reused is None]
     vectors = {v: embedder_for_spec(settings, tables[v].spec).embed([q.query for q in queries])
-               for v in targets}
-    results, duplicated = _run(settings, conn, queries, tables, vectors, depth)
+               for v in run}
+    results, duplicated = _run(settings, conn, queries, {v: tables[v] for v in run}, vectors, depth)
+    if reused is not None and live is not None:
+        results[live], duplicated[live] = reused, []
+        logger.info("reused live v%d's results on %d golden queries from its own gate", live,
+                    len(reused))
+    store_results(conn, kb_id, candidate, key, results[candidate])
+    conn.commit()
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [
         f"duplicated chunk ids in the results of {q!r}" for q in duplicated[candidate][:5]
@@ -224,6 +237,41 @@ def excluded_queries(
     return stale, gained
 
 
+def golden_key(queries: Sequence[GoldenQuery], depth: int) -> str:
+    """Hash the golden queries and the search depth: what a version's results depend on."""
+    payload = json.dumps([depth, [[q.query, list(q.relevant), q.slice, q.set_name] for q in queries]])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def stored_results(
+    conn: store.Conn, kb_id: int, version: int, key: str
+) -> list[QueryResult] | None:
+    """Return ``version``'s per-query results stored under ``key``, or None."""
+    row = conn.execute(
+        "SELECT results FROM kb_gate_results WHERE kb_id = %s AND version = %s AND golden_key = %s",
+        (kb_id, version, key),
+    ).fetchone()
+    if row is None:
+        return None
+    return [QueryResult(r["query"], r["slice"], tuple(r["retrieved"]), tuple(r["relevant"]),
+                        float(r["latency_ms"]), tuple(r["scores"])) for r in row["results"]]
+
+
+def store_results(
+    conn: store.Conn, kb_id: int, version: int, key: str, results: Sequence[QueryResult]
+) -> None:
+    """Keep ``version``'s per-query results for the gate of its successor (committed by the caller)."""
+    payload = [{"query": r.query, "slice": r.slice, "retrieved": list(r.retrieved_doc_ids),
+                "relevant": list(r.relevant), "latency_ms": r.latency_ms, "scores": list(r.scores)}
+               for r in results]
+    conn.execute(
+        "INSERT INTO kb_gate_results (kb_id, version, golden_key, results) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (kb_id, version, golden_key) DO UPDATE SET results = EXCLUDED.results,"
+        " created_at = now()",
+        (kb_id, version, key, Jsonb(payload)),
+    )
+
+
 def _run(
     settings: Settings,
     conn: store.Conn,
@@ -274,11 +322,11 @@ def _run_version(
     duplicated: list[str] = []
     try:
         for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
-            search_version(conn, table.table, version, vectors[i], k=depth)
+            search_version(conn, table, version, vectors[i], k=depth)
         for i, q in enumerate(queries):
             barrier.wait(timeout=60)
             started = time.perf_counter()
-            hits = search_version(conn, table.table, version, vectors[i], k=depth)
+            hits = search_version(conn, table, version, vectors[i], k=depth)
             elapsed = (time.perf_counter() - started) * 1000
             results.append(QueryResult(
                 q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,

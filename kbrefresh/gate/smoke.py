@@ -66,8 +66,8 @@ def smoke_check(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE c.embedding IS NULL) AS nulls,"
             " count(*) FILTER (WHERE vector_dims(c.embedding) <> %(dims)s) AS wrong_dims,"
-            " count(*) FILTER (WHERE NOT (vector_norm(c.embedding) > 0"
-            " AND vector_norm(c.embedding) < 'Infinity'::float8)) AS non_finite"
+            " count(*) FILTER (WHERE NOT (vector_norm(c.embedding::vector) > 0"
+            " AND vector_norm(c.embedding::vector) < 'Infinity'::float8)) AS non_finite"
             " FROM {} c WHERE c.valid_from = %(version)s"
         ).format(sql.Identifier(fp.table)),
         {"version": version, "dims": fp.dims},
@@ -101,7 +101,7 @@ def _sample_queries(
     vectors = embedder.embed(titles)
     empty = []
     for title, vector in zip(titles, vectors, strict=True):
-        hits = search_version(conn, fp.table, version, vector, k=3)
+        hits = search_version(conn, fp, version, vector, k=3)
         if not hits or not all(math.isfinite(h.similarity) for h in hits):
             empty.append(title)
     return SmokeCheck(

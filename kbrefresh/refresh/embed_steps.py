@@ -57,7 +57,7 @@ def embed_batch(
     with connect(settings) as reader, connect(settings) as writer:
         return embedding.embed_batch(
             reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
-            batch=batch, embedder=embedder)
+            batch=batch, embedder=embedder, storage=ticket.storage)
 
 
 def embed_with_batch_api(

@@ -43,11 +43,11 @@ T = TypeVar("T")
 X = TypeVar("X")
 
 # In order; validate_candidate runs only after smoke checks passed, and a rejected
-# candidate stops before publish_version. fail_build runs only after an error.
+# candidate stops after record_build (no publish, no compaction). fail_build runs only
+# after an error.
 STEPS = ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "plan_embedding",
-         "embed_changed",
-         "finalize_version", "smoke_check", "validate_candidate", "record_build",
-         "publish_version", "sync_aliases")
+         "embed_changed", "finalize_version", "smoke_check", "validate_candidate",
+         "publish_version", "record_build", "compact_index", "sync_aliases")
 
 
 class RefreshHooks:
@@ -265,7 +265,8 @@ def run_refresh(
     embedder = _throttled(settings, runner, embedder or make_embedder(settings))
     if policy is None:
         policy = request.acceptance_policy()
-    fingerprint = steps.fingerprint_for(embedder, request.chunker())
+    fingerprint = steps.fingerprint_for(embedder, request.chunker(),
+                                        storage=settings.embedding_storage)
     hooks.refresh_started(request)
     with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds):
         ticket = step(steps.begin_version, settings, request.kb, fingerprint,
@@ -292,20 +293,30 @@ def run_refresh(
         except BaseException as exc:
             step(steps.fail_build, settings, ticket, exc, source=request.source)
             raise
-        record = step(steps.record_build, settings, ticket, source=request.source, counts=counts,
-                      seconds=dict(step.seconds), estimated_tokens=plan.estimated_tokens,
-                      outcome=outcome, quality=prepared.quality)
+
+        def record() -> runs.BuildRecord:
+            return step(steps.record_build, settings, ticket, source=request.source,
+                        counts=counts, seconds=dict(step.seconds),
+                        estimated_tokens=plan.estimated_tokens, outcome=outcome,
+                        quality=prepared.quality)
+
         if outcome is None or not outcome.verdict.passed:
+            record()
             raise GateFailed(steps.rejection_message(ticket, smoke, outcome),
                              verdict=outcome.as_dict() if outcome else smoke.as_dict())
+        # Publishing does not wait for MLflow: the swap needs nothing it records.
         if request.publish:
             published = step(steps.publish_version, settings, ticket, reason=request.reason,
                              flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
         else:
             published = step(steps.stage_version, settings, ticket)
+        build_record = record()
+        if request.publish:
+            # Off the critical path: the new version already serves while its segments merge.
+            step(steps.compact_index, settings, request.kb)
     registry_warning = step(steps.sync_aliases, settings, request.kb)
     report = make_report(ticket, prepared, plan, stats, reuse, published, step.seconds,
-                         outcome=outcome, record=record, registry_warning=registry_warning)
+                         outcome=outcome, record=build_record, registry_warning=registry_warning)
     hooks.refreshed(report)
     return report
 

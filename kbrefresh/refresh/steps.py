@@ -44,10 +44,12 @@ logger = logging.getLogger(__name__)
 CHUNKER_ALGORITHM = "kbrefresh-chunker-1"
 
 
-def fingerprint_for(embedder: Embedder, chunker: ChunkerConfig) -> Fingerprint:
+def fingerprint_for(
+    embedder: Embedder, chunker: ChunkerConfig, *, storage: str = "vector"
+) -> Fingerprint:
     return Fingerprint(
         embedder.provider, embedder.model, embedder.dims,
-        chunker.as_dict() | {"algorithm": CHUNKER_ALGORITHM},
+        chunker.as_dict() | {"algorithm": CHUNKER_ALGORITHM}, storage,
     )
 
 
@@ -101,7 +103,8 @@ def begin_version(
         live = routing.live_version(conn, kb_id)
         live_fp = store.fingerprint_for_version(conn, kb_id, live).key if live else None
         conn.commit()
-    return BuildTicket(kb, kb_id, version, resumed, fp.table, fp.dims, fp.key, live, live_fp)
+    return BuildTicket(kb, kb_id, version, resumed, fp.table, fp.dims, fp.key, live, live_fp,
+                       fp.storage)
 
 
 @dataclass(frozen=True)
@@ -218,16 +221,56 @@ def build_counts(
 def finalize_version(
     settings: Settings, ticket: BuildTicket, counts: dict[str, Any]
 ) -> dict[str, Any]:
-    """Build the vector index if the table has none, analyze, mark the version a candidate."""
+    """Place the new rows (small delta, or (re)build the index), analyze, mark a candidate."""
     with connect(settings, autocommit=True) as conn:
-        indexed = store.build_vector_index(conn, ticket.table, ticket.dims, settings.maintenance_work_mem)
+        fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
+        placed = store.place_new_rows(
+            conn, fp, ticket.version, delta_exact_rows=settings.delta_exact_rows,
+            maintenance_work_mem=settings.maintenance_work_mem,
+            workers=_index_workers(conn, settings))
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(ticket.table)))
         stats = store.version_stats(conn, ticket.table, ticket.version)
         previous = dict(store.version_row(conn, ticket.kb_id, ticket.version).counts)
-        all_counts = previous | counts | stats | {"hnsw_index": indexed}
+        all_counts = (previous | counts | stats | placed.as_counts()
+                      | {"hnsw_index": placed.action != "exact"})
         store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.CANDIDATE, counts=all_counts,
                          finished_at=datetime.now(UTC))
     return all_counts
+
+
+def _index_workers(conn: store.Conn, settings: Settings) -> int:
+    return store.build_workers(conn, settings.index_build_workers)
+
+
+def compact_index(
+    settings: Settings, kb: str, *, min_share: float | None = None
+) -> store.Placement:
+    """Merge the live version's segments into one main HNSW index (after publish).
+
+    Only once the rows past the main index exceed ``min_share`` (default: the
+    ``compact_share`` setting) of the rows in it; 0 merges any.
+    Call under the KB's refresh lock. A database error is logged, not raised: the
+    version already serves, and its delta stays searchable until the next build.
+    """
+    try:
+        return _compact(settings, kb, settings.compact_share if min_share is None else min_share)
+    except psycopg.Error as exc:
+        logger.warning("compacting the index of %r failed, its segments stay as they were: %s",
+                       kb, exc)
+        return store.Placement("failed", None, None, 0, 0.0, 0)
+
+
+def _compact(settings: Settings, kb: str, min_share: float) -> store.Placement:
+    with connect(settings, autocommit=True) as conn:
+        kb_id = store.get_kb_id(conn, kb)
+        live = routing.live_version(conn, kb_id)
+        if live is None:
+            return store.Placement("exact", None, None, 0, 0.0, 0)
+        fp = store.fingerprint_for_version(conn, kb_id, live)
+        return store.compact(
+            conn, fp, live, min_share=min_share,
+            maintenance_work_mem=settings.maintenance_work_mem,
+            workers=_index_workers(conn, settings))
 
 
 def smoke_check(

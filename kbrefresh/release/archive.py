@@ -215,10 +215,15 @@ def _load(settings: Settings, kb_id: int, archived: int, meta: dict[str, Any],
             "INSERT INTO kb_version_documents (kb_id, version, doc_id, content_hash)"
             " VALUES (%s, %s, %s, %s)", [(kb_id, new, m["doc_id"], m["content_hash"])
                                          for m in manifest])
-        store.build_vector_index(conn, fp.table, fp.dims, settings.maintenance_work_mem)
         store.set_status(conn, kb_id, new, VersionStatus.CANDIDATE, counts={
             "chunks": chunks.num_rows, "documents": len(manifest), "restored_from": archived})
         conn.commit()
+    with connect(settings, autocommit=True) as conn:  # index builds drop old indexes concurrently
+        store.place_new_rows(
+            conn, store.fingerprint_for_version(conn, kb_id, new), new,
+            delta_exact_rows=settings.delta_exact_rows,
+            maintenance_work_mem=settings.maintenance_work_mem,
+            workers=store.build_workers(conn, settings.index_build_workers))
     return new
 
 

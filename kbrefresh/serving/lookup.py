@@ -48,7 +48,7 @@ def search_live(
         fp = store.fingerprint_for_version(conn, kb_id, target)
         check_embedder_matches(embedder, fp.spec, kb=kb, version=target)
         vector = embedder.embed([text])[0]
-        return search_version(conn, fp.table, target, vector, k=k)
+        return search_version(conn, fp, target, vector, k=k)
 
 
 def kb_overview(settings: Settings) -> list[store.KbOverview]:

@@ -70,7 +70,7 @@ class _Routing:
 
 @dataclass(frozen=True)
 class _Served:
-    table: str
+    table: store.FingerprintTable
     embedder: Embedder
 
 
@@ -311,6 +311,9 @@ class Retriever:
                 expires_at=self._clock() + self._ttl,
             )
             self._routing = routing
+            # Re-read each version's segments too: a compaction raises main_upto (a stale
+            # one stays correct, its exact branch is only larger).
+            self._served.clear()
             return routing
 
     def _serve(self, version: int) -> _Served:
@@ -328,7 +331,7 @@ class Retriever:
             embedder = self._embedder or self._embedders.get(fp.key)
             if embedder is None:
                 embedder = self._embedders[fp.key] = embedder_for_spec(self._settings, fp.spec)
-            served = _Served(fp.table, embedder)
+            served = _Served(fp, embedder)
             if len(self._served) >= _MAX_CACHED_VERSIONS:
                 self._served.pop(next(iter(self._served)))
             self._served[version] = served

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from psycopg import sql
 
-from kbrefresh.store import Conn, in_version
+from kbrefresh.store import Conn, FingerprintTable, in_version
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ SEARCH_SESSION_SQL = _SETTINGS_SQL.format(local="false").replace("%s", f"'{SEARC
 
 def search_version(
     conn: Conn,
-    table: str,
+    table: str | FingerprintTable,
     version: int,
     vector: npt.NDArray[np.float32],
     k: int = 5,
@@ -49,18 +49,17 @@ def search_version(
 ) -> list[Hit]:
     """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
 
-    pgvector 0.8 iterative scans keep a filtered HNSW search from returning fewer
-    than ``k`` rows when the version filter discards neighbours of other versions.
+    One statement, one round trip: the top ``k`` of each segment the version has rows
+    in (main HNSW index, delta HNSW index, exact tail; see ``store.segments``), merged
+    by distance. pgvector 0.8 iterative scans keep the
+    filtered index scan from returning fewer than ``k`` rows when the version filter
+    discards neighbours of other versions. A bare table name searches the whole table
+    in one scan (no segments known).
     """
     if k < 1:
         raise ValueError(f"expected k >= 1, got {k!r}")
-    query = sql.SQL(
-        "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata,"
-        " 1 - (c.embedding <=> %(q)s) AS similarity FROM {} c WHERE "
-    ).format(sql.Identifier(table)) + in_version() + sql.SQL(
-        " ORDER BY c.embedding <=> %(q)s LIMIT %(k)s"
-    )
     params = {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
+    query = search_sql(table, version)
     if session_configured and 2 * k <= SEARCH_EF_SEARCH:
         # The caller ran SEARCH_SESSION_SQL on this connection: one round trip per search.
         return _hits(conn.execute(query, params).fetchall(), version)
@@ -68,6 +67,45 @@ def search_version(
         conn.execute(_SETTINGS_SQL.format(local="true"), (str(max(SEARCH_EF_SEARCH, 2 * k)),))
         rows = conn.execute(query, params).fetchall()
     return _hits(rows, version)
+
+
+def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
+    """Return the search statement for ``version`` (parameters ``q``, ``k``, ``version``).
+
+    One branch per segment the version has rows in (``store.segments``): the main
+    HNSW index, the delta HNSW index, the exact tail; each its own top ``k``.
+    """
+    if isinstance(table, str):
+        name, storage, main, delta = table, "vector", None, None
+    else:
+        name, storage, main, delta = table.table, table.storage, table.main_upto, table.delta_upto
+    distance = sql.SQL("c.embedding <=> %(q)s::{}").format(sql.SQL(storage))
+
+    def branch(segment: sql.Composable | None) -> sql.Composed:
+        where = in_version() if segment is None else segment + sql.SQL(" AND ") + in_version()
+        return sql.SQL(
+            "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata, {d} AS distance"
+            " FROM {t} c WHERE {w} ORDER BY {d} LIMIT %(k)s"
+        ).format(d=distance, t=sql.Identifier(name), w=where)
+
+    # Bounds are literals, not parameters: the planner must see them to use partial indexes.
+    if main is None:
+        parts = [branch(None)]
+    else:
+        parts = [branch(sql.SQL("c.valid_from <= {}").format(sql.Literal(main)))]
+        tail_from = main
+        if delta is not None and delta > main:
+            if version > main:
+                parts.append(branch(sql.SQL("c.valid_from > {} AND c.valid_from <= {}").format(
+                    sql.Literal(main), sql.Literal(delta))))
+            tail_from = delta
+        if version > tail_from:  # versions the indexes cover have no rows in the tail
+            parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(tail_from))))
+    union = sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
+    return sql.SQL(
+        "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"
+        " FROM ({}) s ORDER BY s.distance, s.id LIMIT %(k)s"
+    ).format(union)
 
 
 def _hits(rows: list[dict[str, Any]], version: int) -> list[Hit]:

@@ -2,8 +2,8 @@
 
 Modules: ``kbs`` (names, create, look up, overview), ``versions`` (typed version
 rows, status), ``documents`` (manifests and the document diff), ``tables``
-(fingerprint chunk tables, the version filter, index build, revert, purge, stats),
-``rows`` (the typed rows and ``VersionStatus``). Everything is re-exported here:
+(fingerprint chunk tables, the version filter, revert, purge, stats), ``segments``
+(the HNSW-indexed main segment and the exact delta: build, rebuild, compact), ``rows`` (the typed rows and ``VersionStatus``). Everything is re-exported here:
 callers write ``from kbrefresh import store`` and ``store.X``.
 """
 
@@ -28,13 +28,25 @@ from kbrefresh.store.rows import (
     VersionInfo,
     VersionStatus,
 )
+from kbrefresh.store.segments import (
+    Placement,
+    build_delta_index,
+    build_main_index,
+    build_workers,
+    compact,
+    delta_rows,
+    has_vector_index,
+    hnsw_indexes,
+    place_new_rows,
+    segment_indexes,
+)
 from kbrefresh.store.tables import (
     HNSW_MAX_DIMS,
+    HNSW_MAX_DIMS_BY_STORAGE,
+    STORAGES,
     FingerprintTable,
-    build_vector_index,
     ensure_fingerprint,
     fingerprint_for_version,
-    has_vector_index,
     in_version,
     purge_dead_rows,
     revert_version_rows,
@@ -47,31 +59,41 @@ from kbrefresh.store.versions import list_versions, set_status, version_row
 __all__ = [
     "ABANDONED",
     "HNSW_MAX_DIMS",
+    "HNSW_MAX_DIMS_BY_STORAGE",
     "KEPT",
     "SERVABLE",
+    "STORAGES",
     "UNFINISHED",
     "Conn",
     "DocumentChanges",
     "FingerprintTable",
     "KbOverview",
+    "Placement",
     "RoutingEvent",
     "VersionInfo",
     "VersionStatus",
-    "build_vector_index",
+    "build_delta_index",
+    "build_main_index",
+    "build_workers",
     "catalog_manifest",
+    "compact",
+    "delta_rows",
     "diff_documents",
     "ensure_fingerprint",
     "ensure_kb",
     "fingerprint_for_version",
     "get_kb_id",
     "has_vector_index",
+    "hnsw_indexes",
     "in_version",
     "kb_overview",
     "list_kbs",
     "list_versions",
     "manifest_size",
+    "place_new_rows",
     "purge_dead_rows",
     "revert_version_rows",
+    "segment_indexes",
     "set_status",
     "table_exists",
     "table_size_bytes",

@@ -3,8 +3,9 @@
 One chunk table per (KB, embedding fingerprint) holds every version: a row belongs
 to version ``v`` when ``valid_from <= v`` and ``valid_to`` is NULL or ``> v``. A
 refresh inserts only new or changed chunks and closes the range of replaced ones,
-so its cost follows the change, not the KB, and the HNSW index is maintained in
-place instead of rebuilt. Swap and rollback move a number in ``kb_routing``.
+so its cost follows the change, not the KB. New rows stay out of the HNSW index (a
+partial index over the main segment, see ``store.segments``). Swap and rollback move
+a number in ``kb_routing``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from kbrefresh.store.rows import Conn
 
 logger = logging.getLogger(__name__)
 
-# pgvector's HNSW index takes `vector` columns of at most 2,000 dimensions.
+# pgvector's HNSW index takes `vector` columns of at most 2,000 dimensions and
+# `halfvec` columns of at most 4,000.
 HNSW_MAX_DIMS = 2000
+HNSW_MAX_DIMS_BY_STORAGE = {"vector": HNSW_MAX_DIMS, "halfvec": 4000}
+STORAGES = tuple(HNSW_MAX_DIMS_BY_STORAGE)
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,36 @@ class FingerprintTable:
     dims: int
     table: str
     spec: dict[str, Any]
+    storage: str = "vector"
+    # Rows with valid_from <= main_upto are in the main HNSW index (None: no index yet);
+    # rows up to delta_upto in the delta HNSW index (None: none). See store.segments.
+    main_upto: int | None = None
+    delta_upto: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> FingerprintTable:
+        return cls(
+            int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"],
+            row["storage"], row["main_upto"], row["delta_upto"],
+        )
+
+
+_FP_COLUMNS = "id, fp_key, dims, table_name, spec, storage, main_upto, delta_upto"
 
 
 def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTable:
     """Return the chunk table for ``fp`` in this KB, creating it when new."""
+    if fp.storage not in STORAGES:
+        raise VersionError(f"unknown vector storage {fp.storage!r}; expected one of {STORAGES!r}")
     row = conn.execute(
-        "INSERT INTO kb_fingerprints (kb_id, fp_key, spec, dims, table_name) "
-        "VALUES (%s, %s, %s, %s, 'kbrefresh_chunks_' || %s || '_' || %s) "
+        "INSERT INTO kb_fingerprints (kb_id, fp_key, spec, dims, table_name, storage) "
+        "VALUES (%s, %s, %s, %s, 'kbrefresh_chunks_' || %s || '_' || %s, %s) "
         "ON CONFLICT (kb_id, fp_key) DO UPDATE SET fp_key = EXCLUDED.fp_key "
-        "RETURNING id, fp_key, dims, table_name, spec",
-        (kb_id, fp.key, json.dumps(fp.as_dict()), fp.dims, kb_id, fp.key),
+        "RETURNING " + _FP_COLUMNS,
+        (kb_id, fp.key, json.dumps(fp.as_dict()), fp.dims, kb_id, fp.key, fp.storage),
     ).fetchone()
     assert row is not None
-    table = FingerprintTable(
-        int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"]
-    )
+    table = FingerprintTable.from_row(row)
     conn.execute(
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
@@ -57,7 +76,7 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
             " content text NOT NULL,"
             " content_hash text NOT NULL,"
             " metadata jsonb NOT NULL DEFAULT '{{}}',"
-            " embedding vector({}) NOT NULL,"
+            " embedding {}({}) NOT NULL,"
             " valid_from int NOT NULL,"
             " valid_to int,"
             " CHECK (valid_to IS NULL OR valid_to >= valid_from))"
@@ -65,7 +84,7 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
             # index entries. A full page made each closed row re-enter the HNSW index
             # (842 ms to close 100 rows of a 50k table; 8 ms as HOT updates).
             " WITH (fillfactor = 80)"
-        ).format(sql.Identifier(table.table), sql.Literal(table.dims))
+        ).format(sql.Identifier(table.table), sql.SQL(table.storage), sql.Literal(table.dims))
     )
     # Vectors do not compress: skip pglz on write and on every detoast at query time.
     conn.execute(
@@ -92,15 +111,14 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
 
 def fingerprint_for_version(conn: Conn, kb_id: int, version: int) -> FingerprintTable:
     row = conn.execute(
-        "SELECT f.id, f.fp_key, f.dims, f.table_name, f.spec FROM kb_versions v "
-        "JOIN kb_fingerprints f ON f.id = v.fingerprint_id WHERE v.kb_id = %s AND v.version = %s",
+        "SELECT f.id, f.fp_key, f.dims, f.table_name, f.spec, f.storage, f.main_upto, f.delta_upto "
+        "FROM kb_versions v JOIN kb_fingerprints f ON f.id = v.fingerprint_id "
+        "WHERE v.kb_id = %s AND v.version = %s",
         (kb_id, version),
     ).fetchone()
     if row is None:
         raise VersionError(f"version {version} does not exist")
-    return FingerprintTable(
-        int(row["id"]), row["fp_key"], int(row["dims"]), row["table_name"], row["spec"]
-    )
+    return FingerprintTable.from_row(row)
 
 
 def table_exists(conn: Conn, table: str) -> bool:
@@ -114,29 +132,6 @@ def has_vector_index(conn: Conn, table: str) -> bool:
         (table,),
     ).fetchone()
     return bool(row and row["n"])
-
-
-def build_vector_index(conn: Conn, table: str, dims: int, maintenance_work_mem: str) -> bool:
-    """Build the HNSW cosine index once, after the first bulk load.
-
-    Returns False when ``dims`` is beyond what HNSW on ``vector`` takes (exact scans then).
-    """
-    if has_vector_index(conn, table):
-        return True
-    if dims > HNSW_MAX_DIMS:
-        logger.warning(
-            "%d dimensions exceed HNSW's %d for vector columns: queries use exact scans",
-            dims,
-            HNSW_MAX_DIMS,
-        )
-        return False
-    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-    conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)").format(
-            sql.Identifier(f"{table}_hnsw"), sql.Identifier(table)
-        )
-    )
-    return True
 
 
 def in_version(alias: str = "c") -> sql.Composable:

@@ -36,6 +36,10 @@ BAD_SETTINGS = [
     ("EMBED_BATCH_API_MIN_TEXTS", "0", "expected an integer of at least 1"),
     ("EMBED_BATCH_API_POLL_SECONDS", "0", "expected a number of seconds > 0"),
     ("EMBED_BATCH_API_MAX_HOURS", "-1", "expected a number of hours > 0"),
+    ("EMBEDDING_STORAGE", "float8", "expected 'vector' or 'halfvec'"),
+    ("INDEX_BUILD_WORKERS", "65", "expected an integer from 0 to 64, or unset"),
+    ("DELTA_EXACT_ROWS", "-1", "expected an integer from 0 to 100000"),
+    ("COMPACT_SHARE", "11", "expected a number from 0 to 10"),
     ("NOTIFY_BLOCKS", "oncall", "expected comma-separated Prefect block names"),
     ("NOTIFY_TIMEOUT_SECONDS", "0", "expected a number of seconds > 0 and <= 120"),
 ]
