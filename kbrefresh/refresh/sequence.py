@@ -219,7 +219,7 @@ def run_refresh(
         try:
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
-                            quality=request.quality_policy())
+                            quality=request.quality_policy(), profiles=request.profiles())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             stats = step(steps.embed_changed, settings, ticket, embedder=embedder,
