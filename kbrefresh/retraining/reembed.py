@@ -113,13 +113,17 @@ class ReembedReport:
                 "summary": self.summary()}
 
 
-def live_source(settings: Settings, kb: str) -> tuple[int, str]:
+def live_source(settings: Settings, kb: str) -> tuple[int, str, dict[str, Any]]:
+    """Live version, its source, and its table's chunking (kept for every other document)."""
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, kb)
         live = routing.live_version(conn, kb_id)
         if live is None:
             raise VersionError(f"{kb!r} has no live version; build one with `kbrefresh refresh`")
-        return live, str(store.version_row(conn, kb_id, live).source)
+        chunker = dict(store.fingerprint_for_version(conn, kb_id, live).spec.get("chunker", {}))
+        fields = {k: chunker[k] for k in ("max_chars", "overlap_chars", "header_template")
+                  if k in chunker}
+        return live, str(store.version_row(conn, kb_id, live).source), fields
 
 
 def run_reembed(
@@ -137,8 +141,9 @@ def run_reembed(
     """
     profile = load_profiles(profile_file).require(segment)
     embedder = embedder or make_embedder(settings)
-    live, live_src = live_source(settings, kb)
-    request = parse_request(kb=kb, source=source or live_src, publish=False,
+    live, live_src, chunking = live_source(settings, kb)
+    # The live table's chunking for every other document: same table, their vectors reused.
+    request = parse_request(kb=kb, source=source or live_src, publish=False, **chunking,
                             profile_file=profile_file,
                             reason=f"drift-reembed of segment {segment!r}")
     announcer = PlanAnnouncer(embedder, say)
@@ -173,7 +178,7 @@ def run_reembed(
         conn.commit()
     if not verdict.passed:
         raise GateFailed(f"version {version} of {kb!r} was rejected by the segment gate: "
-                         f"{verdict.summary()}; live v{live} keeps serving",
+                         f"{verdict.summary()}; adapter: {note}; live v{live} keeps serving",
                          verdict=verdict.to_dict())
     return ReembedReport(kb, segment, version, live, refresh, announcer.plan, shipped, note,
                          tr.verdict if tr else None, verdict, run_id, model_version,

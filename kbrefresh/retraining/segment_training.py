@@ -75,7 +75,8 @@ def doc_vectors(conn: store.Conn, table: str, version: int) -> dict[str, qa.F32]
             sql.Identifier(table)) + store.in_version() + sql.SQL(" GROUP BY c.doc_id"),
         {"version": version},
     ).fetchall()
-    return {r["doc_id"]: qa.normalize(np.asarray(r["v"], dtype=np.float32))[0] for r in rows}
+    return {r["doc_id"]: qa.normalize(np.asarray(r["v"].to_numpy(), dtype=np.float32))[0]
+            for r in rows}
 
 
 def run_queries(
