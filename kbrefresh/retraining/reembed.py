@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kbrefresh import store
+from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import ConfigError, GateFailed, VersionError
@@ -28,6 +29,8 @@ from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.segment import SegmentPolicy, SegmentVerdict, judge_segment
 from kbrefresh.refresh.request import parse_request
 from kbrefresh.refresh.sequence import RefreshHooks, RefreshReport, StepRunner, run_refresh
+from kbrefresh.refresh.steps import PrepareResult
+from kbrefresh.release.rollout_policy import RolloutPolicy
 from kbrefresh.retraining import adapter as qa
 from kbrefresh.retraining import segment_training as training
 from kbrefresh.retraining.profiles import load_profiles
@@ -35,6 +38,9 @@ from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# The playbook's canary: 10% for 2 days, then 50%, then 100%, with analysis between steps.
+DRIFT_ROLLOUT_POLICY = RolloutPolicy(steps=(10.0, 50.0, 100.0), min_step_seconds=2 * 86400.0)
 
 # US$ per million input tokens (list prices); unknown models are announced without a cost.
 PRICE_PER_MTOK = {("openai", "text-embedding-3-small"): 0.02,
@@ -59,11 +65,10 @@ class PlanAnnouncer(RefreshHooks):
         self.plan: dict[str, Any] = {}
 
     def step_finished(self, step: str, result: object) -> None:
-        if step == "prepare_data":
-            changes = getattr(result, "changes")
-            self.documents = int(changes.new + changes.changed)
-        elif step == "plan_build":
-            plan = getattr(result, "as_dict")()
+        if isinstance(result, PrepareResult):
+            self.documents = result.changes.new + result.changes.changed
+        elif isinstance(result, BuildPlan):
+            plan = result.as_dict()
             cost = estimated_cost(self.embedder.provider, self.embedder.model,
                                   plan["estimated_tokens"])
             self.plan = plan | {"documents": self.documents, "estimated_cost_usd": cost}
