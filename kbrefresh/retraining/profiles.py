@@ -105,6 +105,8 @@ def parse_profiles(data: Any, *, source: str = "profile") -> KbProfiles:
             msg = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 problems.append(f"{where}: unknown key")
+            elif error["type"] == "value_error":
+                problems.append(f"{where}: {msg}" if where else msg)
             else:
                 problems.append(f"{where}={error['input']!r}: {msg}" if where else msg)
         raise ConfigError(f"{source}: {'; '.join(problems)}") from exc
