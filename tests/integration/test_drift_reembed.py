@@ -104,7 +104,7 @@ def test_adapter_training_is_deterministic_and_the_verdict_reports_its_heldout_r
 def test_an_adapter_that_does_not_help_is_not_shipped(
     settings: Settings, helpcenter: tuple[Path, Path],
 ) -> None:
-    work, profile = helpcenter
+    _work, profile = helpcenter
     try:
         report = run_reembed(settings, "hc", "technical", profile_file=str(profile),
                              embedder=OfflineEmbedder(dims=64), policy=OPEN, seed=0)
