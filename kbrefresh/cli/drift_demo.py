@@ -30,8 +30,8 @@ from kbrefresh.release.rollout_policy import RolloutPolicy
 from kbrefresh.release.simulate import Question, load_questions
 from kbrefresh.retraining.check import planned_events, run_check
 from kbrefresh.retraining.reembed import run_reembed
-from kbrefresh.retraining.triggers import TriggerPolicy
 from kbrefresh.retraining.reembed_request import SAMPLE_PROFILE
+from kbrefresh.retraining.triggers import TriggerPolicy
 from kbrefresh.serving.retriever import Retriever
 from kbrefresh.settings import Settings
 
