@@ -29,6 +29,7 @@ from prefect.settings import PREFECT_API_URL
 
 import kbrefresh
 from flows import rollback_kb, rollout_step, scheduled_refresh
+from flows.drift_reembed import drift_reembed
 from flows.post_deploy_monitor import post_deploy_monitor
 from flows.retraining_check import retraining_check
 from kbrefresh.refresh.request import RefreshRequest
@@ -36,6 +37,7 @@ from kbrefresh.refresh.request import RefreshRequest
 MONTHLY_CRON = "0 0 1 * *"
 DAILY_CHECK_CRON = "0 6 * * *"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
+DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."
 SAMPLE_SOURCE = Path(kbrefresh.__file__).resolve().parent / "samples" / "helpcenter" / "base"
 
@@ -63,6 +65,30 @@ def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
             "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
             "source": f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}",
             "reason": '{{ event.payload.reason | default("retrain requested") }}',
+        }},
+    )
+
+
+def drift_trigger() -> DeploymentEventTrigger:
+    """Run drift-reembed on ``kbrefresh.retraining.drift.detected`` with the grown segment.
+
+    Keep in step with the drift-reembed trigger in ``prefect.yaml``.
+    """
+    name_start = len(KB_RESOURCE_PREFIX)
+    return DeploymentEventTrigger(
+        name="drift-reembed on drift detected",
+        description="Query drift grew a segment; re-embed it with its profile and canary it.",
+        enabled=True,
+        match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
+        expect={DRIFT_EVENT},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        parameters={"params": {
+            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
+            "segment": "{{ event.payload.segments | first }}",
+            "divergence": "{{ event.payload.kl }}",
+            "urgency": "{{ event.payload.severity }}",
         }},
     )
 
@@ -99,7 +125,10 @@ def build_deployments() -> list[RunnerDeployment]:
         name="post-deploy-monitor", parameters={"params": {"kb": defaults.kb}},
         tags=["kbrefresh", "monitor"],
     ))
-    return [refresh, rollback, check, rollout, monitor]
+    reembed = cast(RunnerDeployment, drift_reembed.to_deployment(
+        name="drift-reembed", triggers=[drift_trigger()], tags=["kbrefresh", "drift"],
+    ))
+    return [refresh, rollback, check, rollout, monitor, reembed]
 
 
 def main() -> None:

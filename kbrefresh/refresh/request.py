@@ -17,6 +17,7 @@ from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.policy import AcceptancePolicy, load_policy
 from kbrefresh.models import ChunkerConfig
+from kbrefresh.retraining.profiles import KbProfiles, load_profiles
 from kbrefresh.store import validate_kb_name
 
 # kb_<name>_live must fit PostgreSQL's 63-byte identifiers (store.validate_kb_name counts bytes).
@@ -33,6 +34,12 @@ SourceSpec = Annotated[
 Reason = Annotated[
     str, Field(min_length=1, max_length=REASON_MAX_CHARS,
                description="Why; kept in the routing history")]
+
+
+def _loadable_profiles(path: str | None) -> str | None:
+    if path is not None:
+        load_profiles(path)  # raises ConfigError naming the file and the bad key
+    return path
 
 
 def _loadable_policy(path: str | None) -> str | None:
@@ -73,6 +80,11 @@ class RefreshRequest(BaseModel):
         default=None, min_length=1,
         description="Acceptance policy file (YAML/TOML); empty means the default policy")
 
+    profile_file: Annotated[str | None, AfterValidator(_loadable_profiles)] = Field(
+        default=None, min_length=1,
+        description="KB config file with segment profiles (per-segment chunking); empty "
+                    "means every document uses the chunking above")
+
     @model_validator(mode="after")
     def _valid_chunker(self) -> RefreshRequest:
         try:  # the chunker's own rules, checked before anything is created
@@ -84,6 +96,9 @@ class RefreshRequest(BaseModel):
     def chunker(self) -> ChunkerConfig:
         return ChunkerConfig(max_chars=self.max_chars, overlap_chars=self.overlap_chars,
                              header_template=self.header_template)
+
+    def profiles(self) -> KbProfiles | None:
+        return load_profiles(self.profile_file) if self.profile_file else None
 
     def quality_policy(self) -> QualityPolicy:
         return QualityPolicy(max_shrink=self.max_shrink, max_age_days=self.max_age_days)

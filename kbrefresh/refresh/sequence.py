@@ -274,7 +274,8 @@ def run_refresh(
         try:
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
-                            quality=quality or request.quality_policy())
+                            quality=quality or request.quality_policy(),
+                            profiles=request.profiles())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh.build import staging as build
-from kbrefresh.build.chunking import chunk_documents
+from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.embedding import EmbedStats
 from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.build.sources import load_source
@@ -33,6 +33,7 @@ from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.smoke import SmokeResult
 from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
 from kbrefresh.refresh.embed_steps import embed_changed  # noqa: F401  (the one-call form)
+from kbrefresh.retraining.profiles import KbProfiles, apply_profiles
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
@@ -124,6 +125,7 @@ def prepare_data(
     query: str | None = None,
     chunker: ChunkerConfig | None = None,
     quality: QualityPolicy | None = None,
+    profiles: KbProfiles | None = None,
 ) -> PrepareResult:
     """Load the source, run quality checks, record the manifest and stage chunks.
 
@@ -146,17 +148,21 @@ def prepare_data(
                              finished_at=datetime.now(UTC))
             conn.commit()
             raise
-        changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
+        profiled = apply_profiles(loaded.documents, profiles, chunker or ChunkerConfig())
+        documents = [p.document for p in profiled]
+        changes = build.record_documents(conn, ticket.kb_id, ticket.version, documents)
         base = None if ticket.fingerprint_changed else ticket.live_version
         manifest = store.version_manifest(conn, ticket.kb_id, base)
-        same = {d.doc_id for d in loaded.documents if manifest.get(d.doc_id) == d.content_hash}
-        current = {d.doc_id for d in loaded.documents}
+        same = {d.doc_id for d in documents if manifest.get(d.doc_id) == d.content_hash}
+        current = {d.doc_id for d in documents}
         touched = (current - same) | (manifest.keys() - current)
         build.record_touched_documents(conn, ticket.kb_id, ticket.version, ticket.table,
                                        touched, full=base is None)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
-        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, chunk_documents(
-            [d for d in loaded.documents if d.doc_id not in same], chunker or ChunkerConfig()))
+        # Each document with its own chunker (its segment's profile); the segment first.
+        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, (
+            chunk for p in profiled if p.document.doc_id not in same
+            for chunk in chunk_document(p.document, p.chunker)))
         total = staged + _untouched_chunks(conn, ticket, base)
         store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.BUILDING, quality=report.to_dict(),
                          counts={"expected_chunks": total, "staged_chunks": staged,

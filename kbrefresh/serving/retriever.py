@@ -31,6 +31,7 @@ from kbrefresh._text import redact_url
 from kbrefresh.db import database_url as default_database_url
 from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
+from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
 from kbrefresh.serving.lookup import check_embedder_matches
 from kbrefresh.serving.querylog import LogWriter, Pool, reason
 from kbrefresh.serving.search import Hit, search_version
@@ -72,6 +73,7 @@ class _Routing:
 class _Served:
     table: store.FingerprintTable
     embedder: Embedder
+    adapters: tuple[QueryAdapter, ...] = ()
 
 
 def session_hash(kb: str, session_id: str) -> str:
@@ -189,8 +191,10 @@ class Retriever:
         try:
             served = self._serve(version)
             vector = served.embedder.embed([query])[0]
+            # The version's query adapters move only their segment's queries.
+            searched = apply_adapters([vector], served.adapters)[0] if served.adapters else vector
             with self._pool.connection() as conn:
-                hits = search_version(conn, served.table, version, vector, k,
+                hits = search_version(conn, served.table, version, searched, k,
                                       session_configured=True)
         except (psycopg.Error, KBRefreshError) as exc:
             # A failed search is logged too: rollouts and the monitor need its error rate.
@@ -324,6 +328,7 @@ class Retriever:
             try:
                 with self._pool.connection() as conn:
                     fp = store.fingerprint_for_version(conn, self._kb_id, version)
+                    adapters = load_adapters(conn, self._kb_id, version)
             except psycopg.Error as exc:
                 raise self._db_error(exc) from exc
             if self._embedder is not None:
@@ -331,7 +336,7 @@ class Retriever:
             embedder = self._embedder or self._embedders.get(fp.key)
             if embedder is None:
                 embedder = self._embedders[fp.key] = embedder_for_spec(self._settings, fp.spec)
-            served = _Served(fp, embedder)
+            served = _Served(fp, embedder, adapters)
             if len(self._served) >= _MAX_CACHED_VERSIONS:
                 self._served.pop(next(iter(self._served)))
             self._served[version] = served

@@ -116,6 +116,9 @@ def rollback(
             raise VersionError(f"the chunks of version {target} were dropped; cannot roll back")
         _route(conn, kb_id, current, target, "rollback", reason, flow_run_id,
                old_status=VersionStatus.ROLLED_BACK)
+        # The version's query adapters leave with it.
+        conn.execute("DELETE FROM kb_query_adapters WHERE kb_id = %s AND version = %s",
+                     (kb_id, current))
     ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("rollback", current, target)
 

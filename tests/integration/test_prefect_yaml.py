@@ -141,3 +141,38 @@ def _render(automation: Automation, resource_id: str, payload: dict[str, Any]) -
     RunDeployment._upgrade_v1_templates(parameters)
     return hydrate(parameters, HydrationContext(render_jinja=True, raise_on_error=True,
                                                 jinja_context={"event": event}))
+
+
+def test_drift_event_starts_drift_reembed_with_the_segment(deployed: str) -> None:
+    from kbrefresh.retraining.reembed_request import ReembedRequest
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("drift-reembed/drift-reembed")
+        [automation] = client.read_resource_related_automations(
+            f"prefect.deployment.{deployment.id}"
+        )
+    assert automation.enabled
+    assert automation.trigger.model_dump(include={"expect", "match", "for_each"}) == {
+        "expect": {"kbrefresh.retraining.drift.detected"},
+        "match": {"prefect.resource.id": "kbrefresh.kb.*"},
+        "for_each": {"prefect.resource.id"},
+    }
+    [action] = automation.actions
+    assert action.type == "run-deployment" and action.deployment_id == deployment.id
+    # The payload planned_events() emits for drift.
+    rendered = _render(automation, "kbrefresh.kb.helpcenter", {
+        "kb": "helpcenter", "kl": 0.6, "severity": "severe",
+        "segments": ["technical", "billing"]})
+    params = ReembedRequest.model_validate(rendered["params"])
+    assert (params.kb, params.segment, params.divergence, params.urgency) == (
+        "helpcenter", "technical", 0.6, "severe")
+
+
+def test_served_drift_trigger_is_the_prefect_yaml_trigger() -> None:
+    from deployments.serve import drift_trigger
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    [reembed] = [d for d in spec["deployments"] if d["name"] == "drift-reembed"]
+    [trigger] = reembed["triggers"]
+    assert DeploymentEventTrigger.model_validate(trigger).model_dump() == (
+        drift_trigger().model_dump())

@@ -50,7 +50,7 @@ def test_serve_registers_every_flow_without_a_work_pool(prefect_harness: str) ->
         "match": {"prefect.resource.id": "kbrefresh.kb.*"},
     }
     assert ("serving 'scheduled-refresh', 'rollback-kb', 'retraining-check', 'rollout-step',"
-            " 'post-deploy-monitor' against") in output, output
+            " 'post-deploy-monitor', 'drift-reembed' against") in output, output
 
 
 def _delete_deployments() -> None:
