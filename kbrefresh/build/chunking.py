@@ -83,6 +83,8 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     chunks = []
     for index, (section, text) in enumerate(pieces):
         embed_text = _render(config.header_template, doc, section, text)
+        if config.aliases:
+            embed_text = _with_aliases(embed_text, config.aliases)
         chunks.append(
             Chunk(
                 doc_id=doc.doc_id,
@@ -162,6 +164,23 @@ def _render(template: str, doc: Document, section: str, text: str) -> str:
     if empty:
         template = _template_without(template, empty)
     return template.format(text=text, **values).strip()
+
+
+def _with_aliases(embed_text: str, aliases: tuple[tuple[str, str], ...]) -> str:
+    """Put "New, formerly Old" for each new name the text mentions above the text."""
+    found = [f"{new}, formerly {old}" for old, new in aliases if _mentions(embed_text, new)]
+    return f"({'; '.join(found)})\n{embed_text}" if found else embed_text
+
+
+@lru_cache(maxsize=256)
+def _word_pattern(name: str) -> re.Pattern[str]:
+    start = r"(?<!\w)" if re.match(r"\w", name) else ""
+    end = r"(?!\w)" if re.search(r"\w$", name) else ""
+    return re.compile(start + re.escape(name) + end, re.IGNORECASE)
+
+
+def _mentions(text: str, name: str) -> bool:
+    return _word_pattern(name).search(text) is not None
 
 
 # -- parsing into sections ---------------------------------------------------------

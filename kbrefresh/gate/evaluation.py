@@ -31,6 +31,7 @@ from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
+from kbrefresh.retraining.rebrand import query_expander
 from kbrefresh.serving import routing
 from kbrefresh.serving.search import search_version
 from kbrefresh.settings import Settings
@@ -156,8 +157,10 @@ def evaluate(
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
-    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed([q.query for q in queries])
-               for v in targets}
+    # Each version sees a query as its readers would: expanded by its rename maps.
+    expand = {v: query_expander(conn, kb_id, v) for v in targets}
+    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed(
+        [expand[v](q.query) for q in queries]) for v in targets}
     results, duplicated = _run(settings, conn, queries, tables, vectors, depth)
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [

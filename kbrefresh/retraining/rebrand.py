@@ -337,3 +337,80 @@ def _doc_query(table: str) -> sql.Composed:
         " WHERE {} AND EXISTS (SELECT 1 FROM unnest(%(patterns)s::text[]) p"
         " WHERE c.content ~* p OR d.title ~* p) ORDER BY c.doc_id"
     ).format(sql.Identifier(table), store.in_version())
+
+
+def write_rebranded_copy(source: str | Path, target: str | Path, renames: RenameMap) -> list[str]:
+    """Copy the document tree ``source`` to ``target`` with every file's text rewritten.
+
+    Paths (and so document ids) are kept: a rebrand changes what documents say, not
+    which documents exist. Returns the relative paths whose text changed. Used by the
+    demo and the benchmark to stand in for the rebranded docs a team would publish.
+    """
+    source, target = Path(source), Path(target)
+    changed = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        relative = path.relative_to(source)
+        out = target / relative
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text("utf-8")
+        new = renames.rewrite(text)
+        out.write_text(new, "utf-8")
+        if new != text:
+            changed.append(relative.as_posix())
+    return changed
+
+
+# -- the rename maps stored with versions --------------------------------------------
+
+# Versions whose renames no longer apply: they never served or were taken back.
+_ABANDONED = ("building", "failed", "rejected", "rolled_back")
+
+
+def save_version_renames(conn: store.Conn, kb_id: int, version: int, renames: RenameMap) -> None:
+    """Store ``renames`` with ``version`` (replacing any stored before)."""
+    conn.execute(
+        "DELETE FROM kb_version_renames WHERE kb_id = %s AND version = %s", (kb_id, version)
+    )
+    with conn.cursor().copy(
+        "COPY kb_version_renames (kb_id, version, old_name, new_name) FROM STDIN"
+    ) as copy:
+        for old, new in renames.pairs:
+            copy.write_row((kb_id, version, old, new))
+
+
+@dataclass(frozen=True)
+class QueryExpander:
+    """Rewrite old names in a query to the names ``version`` uses, map after map."""
+
+    maps: tuple[RenameMap, ...] = ()
+
+    def __call__(self, query: str) -> str:
+        for renames in self.maps:
+            query = renames.rewrite(query)
+        return query
+
+    def __bool__(self) -> bool:
+        return bool(self.maps)
+
+
+def query_expander(conn: store.Conn, kb_id: int, version: int) -> QueryExpander:
+    """Return the expander of ``version``: its renames and those of earlier served versions.
+
+    Rebrands apply in version order, so "A → B" then "B → C" expands A to C. Renames
+    of versions that never served (or were rolled back) are left out, except the
+    version's own.
+    """
+    rows = conn.execute(
+        "SELECT r.version, r.old_name, r.new_name FROM kb_version_renames r"
+        " JOIN kb_versions v ON v.kb_id = r.kb_id AND v.version = r.version"
+        " WHERE r.kb_id = %s AND r.version <= %s"
+        " AND (r.version = %s OR v.status <> ALL(%s)) ORDER BY r.version",
+        (kb_id, version, version, list(_ABANDONED)),
+    ).fetchall()
+    by_version: dict[int, dict[str, str]] = {}
+    for row in rows:
+        by_version.setdefault(int(row["version"]), {})[row["old_name"]] = row["new_name"]
+    return QueryExpander(tuple(
+        parse_rename_map(pairs, source=f"renames of version {v}")
+        for v, pairs in sorted(by_version.items())
+    ))

@@ -31,6 +31,7 @@ from kbrefresh.db import database_url as default_database_url
 from kbrefresh.db import redact_url
 from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
+from kbrefresh.retraining.rebrand import QueryExpander, query_expander
 from kbrefresh.serving.lookup import check_embedder_matches
 from kbrefresh.serving.querylog import LogWriter, Pool, reason
 from kbrefresh.serving.search import Hit, search_version
@@ -72,6 +73,8 @@ class _Routing:
 class _Served:
     table: str
     embedder: Embedder
+    # Old names in a query are rewritten to the names this version uses (a rebrand).
+    expand: QueryExpander
 
 
 def session_hash(kb: str, session_id: str) -> str:
@@ -182,7 +185,7 @@ class Retriever:
         query_id = uuid.uuid4()
         try:
             served = self._serve(version)
-            vector = served.embedder.embed([query])[0]
+            vector = served.embedder.embed([served.expand(query)])[0]
             with self._pool.connection() as conn:
                 hits = search_version(conn, served.table, version, vector, k,
                                       session_configured=True)
@@ -313,6 +316,7 @@ class Retriever:
             try:
                 with self._pool.connection() as conn:
                     fp = store.fingerprint_for_version(conn, self._kb_id, version)
+                    expand = query_expander(conn, self._kb_id, version)
             except psycopg.Error as exc:
                 raise self._db_error(exc) from exc
             if self._embedder is not None:
@@ -320,7 +324,7 @@ class Retriever:
             embedder = self._embedder or self._embedders.get(fp.key)
             if embedder is None:
                 embedder = self._embedders[fp.key] = embedder_for_spec(self._settings, fp.spec)
-            served = _Served(fp.table, embedder)
+            served = _Served(fp.table, embedder, expand)
             if len(self._served) >= _MAX_CACHED_VERSIONS:
                 self._served.pop(next(iter(self._served)))
             self._served[version] = served

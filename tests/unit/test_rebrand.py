@@ -101,3 +101,19 @@ def test_yaml_file_and_bad_files(tmp_path: Path) -> None:
     broken.write_text("{", "utf-8")
     with pytest.raises(ConfigError, match=r"^broken.json: invalid JSON"):
         load_rename_map(broken)
+
+
+def test_alias_header_only_on_chunks_naming_a_new_name() -> None:
+    from kbrefresh.build.chunking import chunk_document
+    from kbrefresh.models import ChunkerConfig, Document
+
+    doc = Document("a", "a.md", "Install", "technical",
+                   "# Install\n\n## One\n\nInstall the stratus CLI.\n\n## Two\n\nNothing to see here.",
+                   "markdown", "h")
+    plain = ChunkerConfig(min_chars=0)
+    aliased = ChunkerConfig(min_chars=0, aliases=(("Nimbus Desk", "Stratus Desk"), ("nimbus", "stratus")))
+    before, after = chunk_document(doc, plain), chunk_document(doc, aliased)
+    assert after[0].embed_text == "(stratus, formerly nimbus)\n" + before[0].embed_text
+    assert after[0].content_hash != before[0].content_hash
+    assert after[1] == before[1]
+    assert aliased.as_dict() == plain.as_dict()  # same fingerprint: no full rebuild
