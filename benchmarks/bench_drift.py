@@ -132,7 +132,7 @@ def bench_retriever(queries: int = 300) -> None:
     texts = [f"how does feature {i} work" for i in range(queries)]
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, kb)
-        version = store.list_versions(conn, kb_id)[0]["version"]
+        version = store.list_versions(conn, kb_id)[0].version
         table = store.fingerprint_for_version(conn, kb_id, version).table
         started = time.perf_counter()
         for text in texts:

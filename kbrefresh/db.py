@@ -18,6 +18,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from kbrefresh._text import redact_url
 from kbrefresh.errors import DatabaseError, MigrationError
 from kbrefresh.settings import Settings
 
@@ -32,11 +33,6 @@ _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)
 _embedded_lock = threading.Lock()
 _embedded_uri: dict[Path, str] = {}
 _migrated: set[str] = set()
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _embedded_url(data_dir: Path) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +13,7 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from kbrefresh._text import slug
 from kbrefresh.errors import (
     BuildLockedError,
     ConfigError,
@@ -38,7 +36,6 @@ _PERMANENT = (
     SourceError,
     MigrationError,
 )
-_ARTIFACT_SLUG_CHARS = 40
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -98,22 +95,9 @@ ROUTING_TASK_OPTIONS: dict[str, Any] = TASK_OPTIONS | {"retry_condition_fn": ret
 def artifact_key(kind: str, kb: str) -> str:
     """Return an artifact key for ``kb``: lowercase letters, digits and dashes only.
 
-    A name that is not already a clean slug gets a short hash of the original,
-    so two hostile names that slugify alike still get different keys.
+    The KB part is :func:`kbrefresh._text.slug`, the same name MLflow uses.
     """
-    ascii_name = unicodedata.normalize("NFKD", kb).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    slug = slug[:_ARTIFACT_SLUG_CHARS].strip("-")
-    if slug != kb:
-        digest = hashlib.sha256(kb.encode("utf-8")).hexdigest()[:8]
-        slug = f"{slug}-{digest}" if slug else digest
-    return f"kbrefresh-{kind}-{slug}"
-
-
-def escape_markdown(text: object) -> str:
-    """Return ``text`` safe to place in a markdown paragraph or table cell."""
-    escaped = re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
-    return escaped.replace("\r", " ").replace("\n", " ")
+    return f"kbrefresh-{kind}-{slug(kb)}"
 
 
 class Stopwatch:

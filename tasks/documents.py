@@ -5,13 +5,14 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from kbrefresh._text import escape_markdown
 from kbrefresh.build.quality import QualityPolicy, QualityReport
 from kbrefresh.errors import DataQualityError
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.refresh import steps as pipeline
 from kbrefresh.refresh.steps import BuildTicket, PrepareResult
 from kbrefresh.settings import Settings
-from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
+from tasks._common import TASK_OPTIONS, artifact_key
 
 
 @task(**TASK_OPTIONS)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from kbrefresh._text import escape_markdown
 from kbrefresh.errors import GateFailed
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.smoke import SmokeResult
@@ -15,7 +16,7 @@ from kbrefresh.refresh.steps import BuildTicket
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs as records
 from kbrefresh.tracking.reports import comparison_markdown
-from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
+from tasks._common import TASK_OPTIONS, artifact_key
 
 
 @task(**TASK_OPTIONS)

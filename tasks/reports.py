@@ -8,6 +8,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from kbrefresh._text import escape_markdown
 from kbrefresh.build.embedding import EmbedStats
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.gate.evaluation import GateOutcome
@@ -15,7 +16,7 @@ from kbrefresh.refresh.sequence import RefreshReport, make_report
 from kbrefresh.refresh.steps import BuildTicket, PrepareResult, PublishResult
 from kbrefresh.serving.routing import RouteChange
 from kbrefresh.tracking.runs import BuildRecord
-from tasks._common import TASK_OPTIONS, artifact_key, escape_markdown
+from tasks._common import TASK_OPTIONS, artifact_key
 
 
 @task(**TASK_OPTIONS)

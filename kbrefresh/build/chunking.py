@@ -22,7 +22,6 @@ so no dangling ``" › "`` is embedded.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import string
 from collections.abc import Iterable, Iterator
@@ -36,7 +35,7 @@ from markdown_it import MarkdownIt
 from kbrefresh.errors import ConfigError
 from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
 
-__all__ = ["TEMPLATE_FIELDS", "chunk_document", "chunk_documents", "estimate_tokens"]
+__all__ = ["TEMPLATE_FIELDS", "chunk_document", "chunk_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +62,6 @@ _HTML_CONTAINERS = frozenset(
 _HTML_BLOCKS = _HTML_PARAGRAPHS | _HTML_CONTAINERS | set(_HTML_HEADINGS)
 _HTML_BLOCKS |= {"pre", "ul", "ol", "table", "hr"}
 _TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
-
-
-def estimate_tokens(text: str) -> int:
-    """Return a rough token count (``ceil(len / 4)``); no tokenizer is consulted."""
-    return math.ceil(len(text) / 4)
 
 
 def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:

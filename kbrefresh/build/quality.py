@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
+from kbrefresh.build.sources import LoadResult
 from kbrefresh.errors import ConfigError, DataQualityError
 from kbrefresh.models import Document
-from kbrefresh.build.sources import LoadResult
 
 __all__ = [
     "QualityIssue",

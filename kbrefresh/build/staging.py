@@ -17,8 +17,19 @@ from typing import Any
 
 from psycopg import sql
 
+from kbrefresh._text import tokens_for_chars
 from kbrefresh.models import Chunk, Document
-from kbrefresh.store import Conn, FingerprintTable, revert_version_rows
+from kbrefresh.store import (
+    ABANDONED,
+    UNFINISHED,
+    Conn,
+    DocumentChanges,
+    FingerprintTable,
+    VersionStatus,
+    catalog_manifest,
+    diff_documents,
+    revert_version_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +44,19 @@ def start_version(
     """
     stale = conn.execute(
         "SELECT version, fingerprint_id, status FROM kb_versions "
-        "WHERE kb_id = %s AND status IN ('building', 'candidate') ORDER BY version DESC",
-        (kb_id,),
+        "WHERE kb_id = %s AND status = ANY(%s) ORDER BY version DESC",
+        (kb_id, list(UNFINISHED)),
     ).fetchall()
     resumed: int | None = None
     for row in stale:
-        if resumed is None and row["status"] == "building" and row["fingerprint_id"] == fp.id:
+        if resumed is None and row["status"] == VersionStatus.BUILDING and row["fingerprint_id"] == fp.id:
             resumed = int(row["version"])
             continue
         conn.execute(
-            "UPDATE kb_versions SET status = 'failed', error = %s, finished_at = now() "
+            "UPDATE kb_versions SET status = %s, error = %s, finished_at = now() "
             "WHERE kb_id = %s AND version = %s",
-            (f"abandoned while {row['status']}: a later refresh started", kb_id, row["version"]),
+            (VersionStatus.FAILED, f"abandoned while {row['status']}: a later refresh started",
+             kb_id, row["version"]),
         )
     _revert_abandoned(conn, kb_id, fp)
     if resumed is not None:
@@ -65,8 +77,8 @@ def start_version(
     tag = f"v{version}-{datetime.now(UTC):%Y-%m-%d}"
     conn.execute(
         "INSERT INTO kb_versions (kb_id, version, fingerprint_id, status, dataset_tag, source, "
-        "flow_run_id) VALUES (%s, %s, %s, 'building', %s, %s, %s)",
-        (kb_id, version, fp.id, tag, source, flow_run_id),
+        "flow_run_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (kb_id, version, fp.id, VersionStatus.BUILDING, tag, source, flow_run_id),
     )
     return version, False
 
@@ -74,9 +86,8 @@ def start_version(
 def _revert_abandoned(conn: Conn, kb_id: int, fp: FingerprintTable) -> None:
     rows = conn.execute(
         "SELECT version FROM kb_versions WHERE kb_id = %s AND fingerprint_id = %s "
-        "AND status IN ('rejected', 'failed', 'rolled_back') AND reverted_at IS NULL "
-        "ORDER BY version DESC",
-        (kb_id, fp.id),
+        "AND status = ANY(%s) AND reverted_at IS NULL ORDER BY version DESC",
+        (kb_id, fp.id, list(ABANDONED)),
     ).fetchall()
     for row in rows:
         emptied, reopened = revert_version_rows(conn, fp.table, int(row["version"]))
@@ -89,31 +100,12 @@ def _revert_abandoned(conn: Conn, kb_id: int, fp: FingerprintTable) -> None:
         )
 
 
-@dataclass(frozen=True)
-class DocumentChanges:
-    new: int
-    changed: int
-    unchanged: int
-    deleted: int
-
-
 def record_documents(
     conn: Conn, kb_id: int, version: int, docs: Sequence[Document]
 ) -> DocumentChanges:
     """Update the document catalog and store the version's manifest (doc ids + hashes)."""
-    previous = {
-        r["doc_id"]: r["content_hash"]
-        for r in conn.execute(
-            "SELECT doc_id, content_hash FROM kb_documents WHERE kb_id = %s AND deleted_at IS NULL",
-            (kb_id,),
-        ).fetchall()
-    }
-    current = {d.doc_id: d.content_hash for d in docs}
-    changes = DocumentChanges(
-        new=sum(1 for d in current if d not in previous),
-        changed=sum(1 for d, h in current.items() if d in previous and previous[d] != h),
-        unchanged=sum(1 for d, h in current.items() if previous.get(d) == h),
-        deleted=sum(1 for d in previous if d not in current),
+    changes = diff_documents(
+        catalog_manifest(conn, kb_id), {d.doc_id: d.content_hash for d in docs}
     )
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_docs (LIKE kb_documents INCLUDING DEFAULTS) ON COMMIT DROP")
     with conn.cursor().copy(
@@ -167,19 +159,6 @@ def stage_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) 
     return count
 
 
-def version_manifest(conn: Conn, kb_id: int, version: int | None) -> dict[str, str]:
-    """Return ``{doc_id: content_hash}`` of a version's manifest (empty for None)."""
-    if version is None:
-        return {}
-    return {
-        r["doc_id"]: r["content_hash"]
-        for r in conn.execute(
-            "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s AND version = %s",
-            (kb_id, version),
-        ).fetchall()
-    }
-
-
 def record_touched_documents(
     conn: Conn, kb_id: int, version: int, table: str, doc_ids: set[str], *, full: bool
 ) -> int:
@@ -223,7 +202,7 @@ class BuildPlan:
 
     @property
     def estimated_tokens(self) -> int:
-        return -(-self.to_embed_chars // 4)
+        return tokens_for_chars(self.to_embed_chars)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"estimated_tokens": self.estimated_tokens}

@@ -9,10 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from kbrefresh._text import num
 from kbrefresh.cli.main import (
     KbOpt,
     _errors,
-    _num,
     _print_report,
     _run_refresh,
     _settings,
@@ -74,12 +74,12 @@ def _print_check(result: CheckResult) -> None:
         table.add_column(col, overflow="fold")
     for s in d.signals:
         name = f"[bold]{escape(s.name)} ←[/]" if s is d.driver else escape(s.name)
-        table.add_row(name, _num(s.value), s.severity, s.action.value, escape(s.reason))
+        table.add_row(name, num(s.value), s.severity, s.action.value, escape(s.reason))
     console.print(table)
     for view in result.drift.views:
         grown = ", ".join(str(g) for g in view.grown) or "no segment grew"
-        console.print(escape(f"drift by {view.view}: KL {_num(view.kl)}, PSI {_num(view.psi)}, "
-                             f"JS {_num(view.js)} ({view.severity}); {grown}"), highlight=False)
+        console.print(escape(f"drift by {view.view}: KL {num(view.kl)}, PSI {num(view.psi)}, "
+                             f"JS {num(view.js)} ({view.severity}); {grown}"), highlight=False)
     style = "bold red" if d.alert else "bold"
     console.print(f"[{style}]decision:[/] {escape(d.summary)}", highlight=False)
 

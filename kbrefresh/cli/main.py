@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kbrefresh import store
+from kbrefresh._text import num
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import connect, describe_database
@@ -112,14 +113,10 @@ def _print_verdict(verdict: Verdict, golden: str) -> None:
     for col in ("rule", "value", "live", "threshold", "result"):
         table.add_column(col, overflow="fold")
     for rule in verdict.rules:
-        table.add_row(escape(rule.name), _num(rule.value), _num(rule.baseline), _num(rule.threshold),
+        table.add_row(escape(rule.name), num(rule.value), num(rule.baseline), num(rule.threshold),
                       "[green]pass[/]" if rule.passed else "[bold red]FAIL[/]")
     console.print(table)
     console.print(escape(verdict.summary), highlight=False)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def _print_hits(settings: Settings, kb: str, text: str, k: int) -> None:
@@ -281,10 +278,9 @@ def status() -> None:
     for col in ("kb", "live", "dataset", "chunks", "documents", "live since", "versions"):
         table.add_column(col)
     for r in rows:
-        counts = r["counts"] or {}
-        table.add_row(r["name"], str(r["live_version"] or "-"), r["dataset_tag"] or "-",
-                      str(counts.get("chunks", "-")), str(counts.get("documents", "-")),
-                      f"{r['live_at']:%Y-%m-%d %H:%M}" if r["live_at"] else "-", str(r["versions"]))
+        table.add_row(r.name, str(r.live_version or "-"), r.dataset_tag or "-",
+                      str(r.counts.get("chunks", "-")), str(r.counts.get("documents", "-")),
+                      f"{r.live_at:%Y-%m-%d %H:%M}" if r.live_at else "-", str(r.versions))
     console.print(table)
 
 
@@ -320,11 +316,11 @@ def versions(kb: KbOpt) -> None:
                 "removed", "created", "note"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        c, fp = r["counts"] or {}, r["fingerprint"]
-        table.add_row(str(r["version"]), r["status"], r["dataset_tag"],
+        c, fp = r.counts, r.fingerprint
+        table.add_row(str(r.version), r.status.value, r.dataset_tag,
                       f"{fp['provider']}:{fp['dims']}", *(
                           str(c.get(key, "-")) for key in ("chunks", "embedded", "reused", "removed")),
-                      f"{r['created_at']:%Y-%m-%d %H:%M}", escape((r["error"] or "")[:120]))
+                      f"{r.created_at:%Y-%m-%d %H:%M}", escape((r.error or "")[:120]))
     console.print(table)
 
 
@@ -338,8 +334,8 @@ def history(kb: KbOpt, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     for col in ("when", "action", "from", "to", "reason", "by", "flow run"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(f"{r['changed_at']:%Y-%m-%d %H:%M:%S}", r["action"], str(r["from_version"]),
-                      str(r["to_version"]), r["reason"], r["changed_by"], r["flow_run_id"] or "-")
+        table.add_row(f"{r.changed_at:%Y-%m-%d %H:%M:%S}", r.action, str(r.from_version),
+                      str(r.to_version), r.reason, r.changed_by, r.flow_run_id or "-")
     console.print(table)
 
 

@@ -9,10 +9,7 @@ from kbrefresh.embedders.base import Embedder
 from kbrefresh.embedders.offline import OfflineEmbedder
 from kbrefresh.settings import Settings
 
-__all__ = [
-    "Embedder", "OfflineEmbedder", "OpenAIEmbedder", "embedder_for_spec", "estimate_tokens",
-    "make_embedder",
-]
+__all__ = ["Embedder", "OfflineEmbedder", "OpenAIEmbedder", "embedder_for_spec", "make_embedder"]
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -53,7 +50,7 @@ def embedder_for_spec(settings: Settings, spec: Mapping[str, Any]) -> Embedder:
 
 def __getattr__(name: str) -> object:
     # Importing openai costs ~0.5 s: only when the OpenAI embedder is asked for.
-    if name in ("OpenAIEmbedder", "estimate_tokens"):
+    if name == "OpenAIEmbedder":
         from kbrefresh.embedders import openai as _openai
 
         return getattr(_openai, name)

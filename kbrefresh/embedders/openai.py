@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +23,7 @@ import openai
 
 from kbrefresh.errors import ConfigError, EmbeddingError
 
-__all__ = ["KNOWN_MODELS", "OpenAIEmbedder", "estimate_tokens"]
+__all__ = ["KNOWN_MODELS", "OpenAIEmbedder"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,6 @@ _STATUS_HINTS: dict[int, str] = {
     "raise KBREFRESH_OPENAI_MAX_RETRIES or check the account's quota",
 }
 
-
-def estimate_tokens(texts: Iterable[str]) -> int:
-    """Estimate the tokens ``texts`` will cost, at about 4 characters per token.
-
-    This is an estimate for budgets and progress reports, not a tokenizer count
-    (no tokenizer files are downloaded); English prose is usually within ±25%.
-    """
-    return sum((len(text) + 3) // 4 for text in texts)
 
 
 class OpenAIEmbedder:

@@ -19,22 +19,20 @@ string that one slice.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from kbrefresh._text import load_settings_file
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.metrics import LATENCY_P95, MRR, metric_names
 
 ALL_SLICES = "*"
 # p95 differences below this are scheduler and cache noise at millisecond latencies.
 LATENCY_SLACK_MS = 3.0
-POLICY_SUFFIXES = (".toml", ".yaml", ".yml")
 _SCORE_PREFIXES = ("hit@", "recall@", "ndcg@", MRR)
 
 
@@ -179,25 +177,7 @@ def load_policy(path: str | Path) -> AcceptancePolicy:
             holds an invalid policy.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in POLICY_SUFFIXES:
-        raise ConfigError(
-            f"unsupported policy file {path.name!r}; expected one of: {', '.join(POLICY_SUFFIXES)}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {str(path)!r}: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path.name}: invalid TOML ({exc})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise ConfigError(f"{path.name}{where}: invalid YAML ({problem})") from exc
-    return parse_policy(data, source=path.name)
+    return parse_policy(load_settings_file(path), source=path.name)
 
 
 _REWORDING = (

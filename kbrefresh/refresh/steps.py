@@ -23,7 +23,7 @@ from kbrefresh.build.chunking import chunk_documents
 from kbrefresh.build.embedding import EmbedStats, ProgressFn
 from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.build.sources import load_source
-from kbrefresh.build.staging import BuildPlan, DocumentChanges
+from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import BuildLockedError, DataQualityError
@@ -125,7 +125,7 @@ class PrepareResult:
     dataset_tag: str
     documents: int
     chunks: int
-    changes: DocumentChanges
+    changes: store.DocumentChanges
     quality: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,14 +154,14 @@ def prepare_data(
         try:
             require_quality(report)
         except DataQualityError:
-            store.set_status(conn, ticket.kb_id, ticket.version, "failed",
+            store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.FAILED,
                              quality=report.to_dict(), error="data quality checks failed",
                              finished_at=datetime.now(UTC))
             conn.commit()
             raise
         changes = build.record_documents(conn, ticket.kb_id, ticket.version, loaded.documents)
         base = None if ticket.fingerprint_changed else ticket.live_version
-        manifest = build.version_manifest(conn, ticket.kb_id, base)
+        manifest = store.version_manifest(conn, ticket.kb_id, base)
         same = {d.doc_id for d in loaded.documents if manifest.get(d.doc_id) == d.content_hash}
         current = {d.doc_id for d in loaded.documents}
         touched = (current - same) | (manifest.keys() - current)
@@ -171,10 +171,10 @@ def prepare_data(
         staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, chunk_documents(
             [d for d in loaded.documents if d.doc_id not in same], chunker or ChunkerConfig()))
         total = staged + _untouched_chunks(conn, ticket, base)
-        store.set_status(conn, ticket.kb_id, ticket.version, "building", quality=report.to_dict(),
+        store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.BUILDING, quality=report.to_dict(),
                          counts={"expected_chunks": total, "staged_chunks": staged,
                                  "touched_documents": len(touched)})
-        tag = store.version_row(conn, ticket.kb_id, ticket.version)["dataset_tag"]
+        tag = store.version_row(conn, ticket.kb_id, ticket.version).dataset_tag
         conn.commit()
     return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
 
@@ -194,13 +194,7 @@ def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -
 
 
 def _live_doc_count(conn: store.Conn, ticket: BuildTicket) -> int | None:
-    if ticket.live_version is None:
-        return None
-    row = conn.execute(
-        "SELECT count(*) AS n FROM kb_version_documents WHERE kb_id = %s AND version = %s",
-        (ticket.kb_id, ticket.live_version),
-    ).fetchone()
-    return int(row["n"]) if row else None
+    return store.manifest_size(conn, ticket.kb_id, ticket.live_version)
 
 
 def plan_build(settings: Settings, ticket: BuildTicket) -> BuildPlan:
@@ -261,9 +255,9 @@ def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, An
         indexed = store.build_vector_index(conn, ticket.table, ticket.dims, settings.maintenance_work_mem)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(ticket.table)))
         stats = store.version_stats(conn, ticket.table, ticket.version)
-        previous = store.version_row(conn, ticket.kb_id, ticket.version)["counts"] or {}
+        previous = dict(store.version_row(conn, ticket.kb_id, ticket.version).counts)
         all_counts = previous | counts | stats | {"hnsw_index": indexed}
-        store.set_status(conn, ticket.kb_id, ticket.version, "candidate", counts=all_counts,
+        store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.CANDIDATE, counts=all_counts,
                          finished_at=datetime.now(UTC))
     return all_counts
 
@@ -274,11 +268,11 @@ def smoke_validate(
     """Run smoke checks; a failure marks the version rejected (live stays untouched)."""
     embedder = embedder or make_embedder(settings)
     with connect(settings) as conn:
-        counts = store.version_row(conn, ticket.kb_id, ticket.version)["counts"] or {}
+        counts = store.version_row(conn, ticket.kb_id, ticket.version).counts
         fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
         result = smoke_check(conn, ticket.kb_id, ticket.version, fp, embedder,
                              expected_chunks=int(counts.get("expected_chunks", 0)))
-        status = "candidate" if result.passed else "rejected"
+        status = store.VersionStatus.CANDIDATE if result.passed else store.VersionStatus.REJECTED
         store.set_status(conn, ticket.kb_id, ticket.version, status, smoke=result.as_dict(),
                          error=None if result.passed else "; ".join(result.failures))
         if not result.passed:
@@ -299,7 +293,8 @@ def validate_candidate(
     outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
                        build_smoke_failures=smoke.failures)
     with connect(settings) as conn:
-        status = "candidate" if outcome.verdict.passed else "rejected"
+        status = (store.VersionStatus.CANDIDATE if outcome.verdict.passed
+                  else store.VersionStatus.REJECTED)
         store.set_status(conn, ticket.kb_id, ticket.version, status, verdict=outcome.as_dict(),
                          error=None if outcome.verdict.passed else outcome.verdict.summary[:2000])
         if not outcome.verdict.passed:
@@ -341,9 +336,9 @@ def publish(
 def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException) -> None:
     """Mark a build failed (after an error) so the next run undoes its rows."""
     with connect(settings) as conn:
-        status = store.version_row(conn, ticket.kb_id, ticket.version)["status"]
-        if status in ("building", "candidate"):
-            store.set_status(conn, ticket.kb_id, ticket.version, "failed",
+        status = store.version_row(conn, ticket.kb_id, ticket.version).status
+        if status in store.UNFINISHED:
+            store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.FAILED,
                              error=f"{type(error).__name__}: {error}"[:2000],
                              finished_at=datetime.now(UTC))
             build.clear_staging(conn, ticket.kb_id, ticket.version)

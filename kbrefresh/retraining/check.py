@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import tomllib
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kbrefresh import store
+from kbrefresh._text import escape_markdown, load_settings_file, num
 from kbrefresh.build.quality import QualityReport
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
@@ -38,7 +36,6 @@ from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-POLICY_SUFFIXES = (".yaml", ".yml", ".toml")
 DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
 PERFORMANCE_EVENT = "kbrefresh.performance.degraded"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
@@ -80,22 +77,7 @@ def load_check_policy(path: str | Path) -> tuple[TriggerPolicy, CheckOptions]:
         ConfigError: the file is missing, does not parse, or has unknown or invalid keys.
     """
     path = Path(path)
-    if path.suffix.lower() not in POLICY_SUFFIXES:
-        raise ConfigError(f"unsupported policy file {path.name!r}; expected one of: "
-                          f"{', '.join(POLICY_SUFFIXES)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {str(path)!r}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path.name}: invalid TOML ({exc})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path.name}{where}: invalid YAML "
-                          f"({getattr(exc, 'problem', None) or exc})") from exc
-    data = {} if data is None else data
+    data = load_settings_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}: expected a mapping of keys, got {type(data).__name__}")
     known = set(TriggerPolicy.model_fields) | set(CheckOptions.model_fields)
@@ -167,13 +149,9 @@ class CheckResult:
         ]
         for s in d.signals:
             mark = " ⬅" if s is d.driver else ""
-            lines.append(f"| {s.name}{mark} | {_num(s.value)} | {s.severity} | {s.action.value} "
+            lines.append(f"| {s.name}{mark} | {num(s.value, '.3g')} | {s.severity} | {s.action.value} "
                          f"| {escape_markdown(s.reason)} |")
         return "\n".join(lines + _drift_lines(self.drift) + _detail_lines(self)) + "\n"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def _drift_lines(drift: measure.QueryDrift) -> list[str]:
@@ -186,11 +164,11 @@ def _drift_lines(drift: measure.QueryDrift) -> list[str]:
     ]
     for v in drift.views:
         grown = ", ".join(escape_markdown(g) for g in v.grown) or "-"
-        lines.append(f"| {v.view} | {_num(v.kl)} | {_num(v.psi)} | {_num(v.js)} | {v.severity} "
+        lines.append(f"| {v.view} | {num(v.kl, '.3g')} | {num(v.psi, '.3g')} | {num(v.js, '.3g')} | {v.severity} "
                      f"| {grown} |")
     cov = drift.coverage
     lines += ["", (f"Coverage: share of queries with top similarity below {cov.cutoff:g}: "
-                   f"{_num(cov.reference_share_below)} → {_num(cov.current_share_below)}")]
+                   f"{num(cov.reference_share_below, '.3g')} → {num(cov.current_share_below, '.3g')}")]
     return lines
 
 
@@ -200,8 +178,8 @@ def _detail_lines(result: CheckResult) -> list[str]:
     lines = [
         "", "## Feedback, accuracy, data", "",
         f"- Last build: {'never' if built is None else f'{built:.1f} days ago'}",
-        (f"- Satisfaction: {_num(sat.baseline)} (n={sat.n_baseline}, {sat.baseline_days:g} days "
-         f"before) → {_num(sat.current)} (n={sat.n_current}, last {sat.window_days:g} days)"),
+        (f"- Satisfaction: {num(sat.baseline, '.3g')} (n={sat.n_baseline}, {sat.baseline_days:g} days "
+         f"before) → {num(sat.current, '.3g')} (n={sat.n_current}, last {sat.window_days:g} days)"),
     ]
     if golden is None:
         lines.append("- Golden accuracy: not measured (no validated live version to compare)")
@@ -377,10 +355,3 @@ def planned_events(
         events.append(PlannedEvent(RETRAIN_EVENT, kb_resource(kb), payload))
     return tuple(events)
 
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
-
-
-def escape_markdown(text: object) -> str:
-    """Return ``text`` safe inside a markdown paragraph or table cell."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\r", " ").replace("\n", " ")

@@ -140,7 +140,7 @@ def golden_accuracy_drop(
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, kb)
         live = routing.live_version(conn, kb_id)
-        verdict = store.version_row(conn, kb_id, live)["verdict"] if live else None
+        verdict = store.version_row(conn, kb_id, live).verdict if live else None
     evaluation = (verdict or {}).get("evaluation") or {}
     stored = ((evaluation.get("candidate") or {}).get("overall") or {}).get(metric)
     if live is None or stored is None:
@@ -413,22 +413,13 @@ def source_volume(
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, kb)
         live = routing.live_version(conn, kb_id)
-        manifest = {
-            r["doc_id"]: r["content_hash"]
-            for r in conn.execute(
-                "SELECT doc_id, content_hash FROM kb_version_documents"
-                " WHERE kb_id = %s AND version = %s",
-                (kb_id, live),
-            ).fetchall()
-        } if live is not None else {}
+        manifest = store.version_manifest(conn, kb_id, live)
     current = {d.doc_id: d.content_hash for d in loaded.documents}
     report = check_documents(loaded, previous_doc_count=len(manifest) if live else None,
                              policy=quality or QualityPolicy(), now=now)
+    changes = store.diff_documents(manifest, current)
     return SourceVolume(
-        source=source, live_version=live, documents=len(current),
-        new=sum(1 for d in current if d not in manifest),
-        changed=sum(1 for d, h in current.items() if d in manifest and manifest[d] != h),
-        deleted=sum(1 for d in manifest if d not in current),
-        unchanged=sum(1 for d, h in current.items() if manifest.get(d) == h),
+        source=source, live_version=live, documents=len(current), new=changes.new,
+        changed=changes.changed, deleted=changes.deleted, unchanged=changes.unchanged,
         quality=report,
     )

@@ -50,16 +50,7 @@ def search_live(
         return search_version(conn, fp.table, target, vector, k=k)
 
 
-def kb_overview(settings: Settings) -> list[dict[str, Any]]:
+def kb_overview(settings: Settings) -> list[store.KbOverview]:
     """Return one row per knowledge base: live version, tag, counts, last change."""
     with connect(settings) as conn:
-        return [
-            dict(r)
-            for r in conn.execute(
-                "SELECT k.name, r.live_version, v.dataset_tag, v.counts, v.live_at, r.canary_version,"
-                " r.canary_percent, (SELECT count(*) FROM kb_versions x WHERE x.kb_id = k.id) AS versions"
-                " FROM kb k JOIN kb_routing r ON r.kb_id = k.id"
-                " LEFT JOIN kb_versions v ON v.kb_id = k.id AND v.version = r.live_version"
-                " ORDER BY k.name"
-            ).fetchall()
-        ]
+        return store.kb_overview(conn)

@@ -21,7 +21,7 @@ from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from kbrefresh.db import redact_url
+from kbrefresh._text import redact_url, scrub
 from kbrefresh.errors import DatabaseError
 from kbrefresh.serving.search import SEARCH_SESSION_SQL
 
@@ -58,7 +58,7 @@ def reason(exc: BaseException, url: str) -> str:
         password = conninfo_to_dict(url).get("password")
     except psycopg.Error:
         password = None
-    return text.replace(str(password), "***") if password else text
+    return scrub(text, str(password) if password else None)
 
 
 def connect(url: str, *, vectors: bool) -> Conn:

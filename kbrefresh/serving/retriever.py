@@ -27,8 +27,8 @@ import numpy.typing as npt
 import psycopg
 
 from kbrefresh import store
+from kbrefresh._text import redact_url
 from kbrefresh.db import database_url as default_database_url
-from kbrefresh.db import redact_url
 from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
 from kbrefresh.retraining.rebrand import QueryExpander, query_expander

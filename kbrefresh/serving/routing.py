@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from kbrefresh.errors import DatabaseError, VersionError
 from kbrefresh.store import (
+    KEPT,
+    SERVABLE,
     Conn,
+    RoutingEvent,
+    VersionStatus,
     fingerprint_for_version,
     purge_dead_rows,
     table_exists,
@@ -51,17 +54,18 @@ def swap_live(
     with conn.transaction():
         current = _lock_routing(conn, kb_id)
         row = version_row(conn, kb_id, version)
-        if row["status"] != "candidate":
+        if row.status != VersionStatus.CANDIDATE:
             raise VersionError(
-                f"version {version} of {kb_name!r} is {row['status']!r}; "
+                f"version {version} of {kb_name!r} is {row.status.value!r}; "
                 "only a 'candidate' can go live"
             )
-        if not (row["verdict"] or {}).get("passed"):
+        if not row.passed_gate:
             raise VersionError(
                 f"version {version} of {kb_name!r} has no passing validation verdict; "
                 f"run `kbrefresh eval --kb {kb_name} --version {version}` to see why"
             )
-        _route(conn, kb_id, current, version, "swap", reason, flow_run_id, old_status="retired")
+        _route(conn, kb_id, current, version, "swap", reason, flow_run_id,
+               old_status=VersionStatus.RETIRED)
     ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("swap", current, version)
 
@@ -86,15 +90,16 @@ def rollback(
                 f"knowledge base {kb_name!r} has no earlier version kept to roll back to "
                 f"(live is {current}); see `kbrefresh versions --kb {kb_name}`"
             )
-        status = version_row(conn, kb_id, target)["status"]
-        if status != "retired" or target == current:
+        status = version_row(conn, kb_id, target).status
+        if status != VersionStatus.RETIRED or target == current:
             raise VersionError(
-                f"cannot roll back {kb_name!r} to version {target}: it is {status!r}; "
+                f"cannot roll back {kb_name!r} to version {target}: it is {status.value!r}; "
                 "expected a retired version that is still kept"
             )
         if not table_exists(conn, fingerprint_for_version(conn, kb_id, target).table):
             raise VersionError(f"the chunks of version {target} were dropped; cannot roll back")
-        _route(conn, kb_id, current, target, "rollback", reason, flow_run_id, old_status="rolled_back")
+        _route(conn, kb_id, current, target, "rollback", reason, flow_run_id,
+               old_status=VersionStatus.ROLLED_BACK)
     ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("rollback", current, target)
 
@@ -112,9 +117,9 @@ def _lock_routing(conn: Conn, kb_id: int) -> int | None:
 
 def _previous(conn: Conn, kb_id: int, current: int) -> int | None:
     row = conn.execute(
-        "SELECT max(version) AS v FROM kb_versions WHERE kb_id = %s AND status = 'retired' "
+        "SELECT max(version) AS v FROM kb_versions WHERE kb_id = %s AND status = %s "
         "AND version < %s",
-        (kb_id, current),
+        (kb_id, VersionStatus.RETIRED, current),
     ).fetchone()
     return None if row is None or row["v"] is None else int(row["v"])
 
@@ -128,7 +133,7 @@ def _route(
     reason: str,
     flow_run_id: str | None,
     *,
-    old_status: str,
+    old_status: VersionStatus,
 ) -> None:
     conn.execute(
         "UPDATE kb_routing SET live_version = %s, updated_at = now() WHERE kb_id = %s",
@@ -140,9 +145,9 @@ def _route(
             (old_status, kb_id, current),
         )
     conn.execute(
-        "UPDATE kb_versions SET status = 'live', live_at = now(), retired_at = NULL "
+        "UPDATE kb_versions SET status = %s, live_at = now(), retired_at = NULL "
         "WHERE kb_id = %s AND version = %s",
-        (kb_id, target),
+        (VersionStatus.LIVE, kb_id, target),
     )
     conn.execute(
         "INSERT INTO kb_routing_history (kb_id, action, from_version, to_version, reason, "
@@ -151,9 +156,10 @@ def _route(
     )
 
 
-def history(conn: Conn, kb_id: int, limit: int = 20) -> list[dict[str, Any]]:
+def history(conn: Conn, kb_id: int, limit: int = 20) -> list[RoutingEvent]:
+    """Return the newest ``limit`` routing changes, newest first."""
     return [
-        dict(r)
+        RoutingEvent.from_row(r)
         for r in conn.execute(
             "SELECT action, from_version, to_version, reason, flow_run_id, changed_by, changed_at "
             "FROM kb_routing_history WHERE kb_id = %s ORDER BY id DESC LIMIT %s",
@@ -202,21 +208,21 @@ def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
     rows = conn.execute(
         "SELECT v.version, v.status, f.table_name FROM kb_versions v "
         "JOIN kb_fingerprints f ON f.id = v.fingerprint_id WHERE v.kb_id = %s "
-        "AND v.status IN ('live', 'retired', 'canary', 'candidate', 'building') ORDER BY v.version DESC",
-        (kb_id,),
+        "AND v.status = ANY(%s) ORDER BY v.version DESC",
+        (kb_id, list(KEPT)),
     ).fetchall()
-    servable = [r for r in rows if r["status"] in ("live", "retired")]
+    servable = [r for r in rows if r["status"] in SERVABLE]
     kept_servable = [r for r in servable if r["version"] == live][:1]
     kept_servable += [r for r in servable if r["version"] != live][: max(keep - 1, 0)]
     kept = {int(r["version"]) for r in kept_servable} | {
-        int(r["version"]) for r in rows if r["status"] not in ("live", "retired")
+        int(r["version"]) for r in rows if r["status"] not in SERVABLE
     }
     archived = [int(r["version"]) for r in servable if int(r["version"]) not in kept]
     with conn.transaction():
         for version in archived:
             conn.execute(
-                "UPDATE kb_versions SET status = 'archived' WHERE kb_id = %s AND version = %s",
-                (kb_id, version),
+                "UPDATE kb_versions SET status = %s WHERE kb_id = %s AND version = %s",
+                (VersionStatus.ARCHIVED, kb_id, version),
             )
         tables = {r["table_name"] for r in rows}
         for table in tables:
@@ -235,8 +241,8 @@ def _unused_tables(conn: Conn, kb_id: int) -> list[str]:
         str(r["table_name"])
         for r in conn.execute(
             "SELECT f.table_name FROM kb_fingerprints f WHERE f.kb_id = %s AND NOT EXISTS ("
-            " SELECT 1 FROM kb_versions v WHERE v.fingerprint_id = f.id AND v.status IN"
-            " ('live', 'retired', 'canary', 'candidate', 'building'))",
-            (kb_id,),
+            " SELECT 1 FROM kb_versions v WHERE v.fingerprint_id = f.id"
+            " AND v.status = ANY(%s))",
+            (kb_id, list(KEPT)),
         ).fetchall()
     ]

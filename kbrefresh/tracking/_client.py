@@ -15,7 +15,6 @@ import re
 import shutil
 import tempfile
 import threading
-import unicodedata
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from kbrefresh.db import redact_url
+from kbrefresh._text import redact_url, short_hash
 from kbrefresh.errors import ConfigError, KBRefreshError
 from kbrefresh.settings import Settings
 
@@ -86,19 +85,6 @@ def session(settings: Settings) -> Iterator[MlflowClient]:
             # Restoring an unset global URI also unsets the variable, which the caller may own.
             if env_before is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = env_before
-
-
-def slug(kb: str) -> str:
-    """Return ``kb`` if it is a safe lowercase slug, else an ASCII slug plus a short hash."""
-    if _SAFE_SLUG.fullmatch(kb):
-        return kb
-    ascii_name = unicodedata.normalize("NFKD", kb).encode("ascii", "ignore").decode().lower()
-    base = re.sub(r"[^a-z0-9]+", "-", ascii_name).strip("-")[:40] or "kb"
-    return f"{base}-{short_hash(kb)}"
-
-
-def short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 def mlflow_key(name: str) -> str:

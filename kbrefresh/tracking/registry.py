@@ -25,7 +25,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from kbrefresh import store
-from kbrefresh.db import connect, describe_database, redact_url
+from kbrefresh._text import redact_url, slug
+from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import VersionError
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.settings import Settings
@@ -59,12 +60,12 @@ Artifact = str | bytes | Path | Mapping[str, Any]
 
 def registered_model_name(kb: str) -> str:
     """Return ``kbrefresh-<kb>``, or a slug plus a short hash when ``kb`` is not a safe slug."""
-    return MODEL_NAME_PREFIX + mf.slug(kb)
+    return MODEL_NAME_PREFIX + slug(kb)
 
 
 def experiment_name(kb: str) -> str:
     """Return ``kbrefresh/<kb>`` with the same slug as :func:`registered_model_name`."""
-    return f"kbrefresh/{mf.slug(kb)}"
+    return f"kbrefresh/{slug(kb)}"
 
 
 def gate_metrics(outcome: GateOutcome) -> dict[str, float]:
@@ -131,7 +132,7 @@ def log_build(
     with mf.session(settings) as client:
         try:
             experiment = mf.experiment_id(client, experiment_name(kb), kb)
-            with mlflow.start_run(experiment_id=experiment, run_name=f"{mf.slug(kb)}-v{version}",
+            with mlflow.start_run(experiment_id=experiment, run_name=f"{slug(kb)}-v{version}",
                                   tags={k: mf.text(v, mf.MAX_TAG) for k, v in run_tags.items()}
                                   ) as run:
                 run_id = str(run.info.run_id)
@@ -250,7 +251,7 @@ def sync_registry(settings: Settings, kb: str | None = None) -> list[str]:
     changes: list[str] = []
     for name, wanted, rows in _routing_targets(settings, kb):
         for kb_version in sorted({v for v in wanted.values() if v is not None}):
-            _ensure_registered(settings, name, rows[kb_version])
+            _ensure_registered(settings, name, *rows[kb_version])
         before = registry_state(settings, name)
         set_aliases(settings, kb=name, champion=wanted[CHAMPION], challenger=wanted[CHALLENGER])
         for alias, target in wanted.items():
@@ -261,10 +262,14 @@ def sync_registry(settings: Settings, kb: str | None = None) -> list[str]:
     return changes
 
 
+# A version routing names, with its manifest (doc id, content hash), for the registry.
+_Target = tuple[store.VersionInfo, list[tuple[str, str]]]
+
+
 def _routing_targets(
     settings: Settings, kb: str | None
-) -> list[tuple[str, dict[str, int | None], dict[int, dict[str, Any]]]]:
-    """Return (kb, alias → wanted version, version → row with its manifest) per KB."""
+) -> list[tuple[str, dict[str, int | None], dict[int, _Target]]]:
+    """Return (kb, alias → wanted version, version → (row, manifest)) per KB."""
     targets = []
     with connect(settings) as conn:
         for name in [kb] if kb is not None else store.list_kbs(conn):
@@ -273,25 +278,23 @@ def _routing_targets(
                 "SELECT live_version, canary_version FROM kb_routing WHERE kb_id = %s", (kb_id,)
             ).fetchone() or {}
             wanted = {CHAMPION: route.get("live_version"), CHALLENGER: route.get("canary_version")}
-            rows = {int(r["version"]): r for r in store.list_versions(conn, kb_id)}
+            versions = {r.version: r for r in store.list_versions(conn, kb_id)}
+            rows: dict[int, _Target] = {}
             for v in {v for v in wanted.values() if v is not None}:
-                if v not in rows:
+                if v not in versions:
                     raise VersionError(
                         f"routing of {name!r} names version {v}, which does not exist"
                     )
-                rows[v]["manifest"] = [
-                    (r["doc_id"], r["content_hash"]) for r in conn.execute(
-                        "SELECT doc_id, content_hash FROM kb_version_documents"
-                        " WHERE kb_id = %s AND version = %s ORDER BY doc_id", (kb_id, v),
-                    ).fetchall()
-                ]
+                rows[v] = (versions[v], list(store.version_manifest(conn, kb_id, v).items()))
             targets.append((name, wanted, rows))
     return targets
 
 
-def _ensure_registered(settings: Settings, kb: str, row: Mapping[str, Any]) -> None:
-    version = int(row["version"])
-    run_id = row.get("mlflow_run_id")
+def _ensure_registered(
+    settings: Settings, kb: str, row: store.VersionInfo, manifest: list[tuple[str, str]]
+) -> None:
+    version = row.version
+    run_id = row.mlflow_run_id
     with mf.session(settings) as client:
         try:
             if mf.find_version(client, registered_model_name(kb), version) is not None:
@@ -303,21 +306,22 @@ def _ensure_registered(settings: Settings, kb: str, row: Mapping[str, Any]) -> N
         except MlflowException as exc:
             raise TrackingError(f"could not look up version {version} of {kb!r}: {exc}") from exc
     if not run_id:
-        run_id = _minimal_run(settings, kb, row)
+        run_id = _minimal_run(settings, kb, row, manifest)
     register_version(settings, kb=kb, version=version, run_id=str(run_id),
-                     table=str(row["table_name"]), fingerprint=row["fingerprint"])
+                     table=row.table_name, fingerprint=dict(row.fingerprint))
 
 
-def _minimal_run(settings: Settings, kb: str, row: Mapping[str, Any]) -> str:
+def _minimal_run(
+    settings: Settings, kb: str, row: store.VersionInfo, manifest: list[tuple[str, str]]
+) -> str:
     """Log a run for a version built without tracking, from what Postgres kept of it."""
-    counts = row.get("counts") or {}
     return log_build(
-        settings, kb=kb, version=int(row["version"]), params={"fingerprint": row["fingerprint"]},
-        metrics={f"count.{k}": float(v) for k, v in counts.items()
+        settings, kb=kb, version=row.version, params={"fingerprint": dict(row.fingerprint)},
+        metrics={f"count.{k}": float(v) for k, v in row.counts.items()
                  if isinstance(v, int | float) and not isinstance(v, bool)},
-        artifacts={"verdict.json": row["verdict"]} if row.get("verdict") else {},
-        manifest=row.get("manifest", []), dataset_tag=str(row["dataset_tag"]),
-        source=str(row["source"]), tags={"kbrefresh.origin": "sync_registry"},
+        artifacts={"verdict.json": dict(row.verdict)} if row.verdict else {},
+        manifest=manifest, dataset_tag=row.dataset_tag,
+        source=row.source, tags={"kbrefresh.origin": "sync_registry"},
     )
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kbrefresh.db import redact_url
+from kbrefresh._text import num, redact_url
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.evaluation import Evaluation, GateOutcome
 from kbrefresh.gate.metrics import MetricTable, metric_names
@@ -157,7 +157,7 @@ def comparison_markdown(
         _metrics_table(ev),
         _table(("Size", "Candidate", "Live"), [
             ("bytes", f"{ev.candidate_size:,}",
-             "–" if ev.live_size is None else f"{ev.live_size:,}"),
+             num(ev.live_size, ",", missing="–")),
             ("smoke failures", str(len(ev.smoke_failures)), "–"),
         ]),
         "## Verdict",
@@ -204,8 +204,8 @@ def _metrics_table(ev: Evaluation) -> str:
             baseline = ev.live.get(metric, slice_) if ev.live else None
             delta = None if value is None or baseline is None else value - baseline
             digits = 2 if metric.endswith("_ms") else 4
-            rows.append((metric, OVERALL if slice_ is None else slice_, _num(value, digits),
-                         _num(baseline, digits), _num(delta, digits, signed=True)))
+            rows.append((metric, OVERALL if slice_ is None else slice_, num(value, f".{digits}f", missing="–"),
+                         num(baseline, f".{digits}f", missing="–"), num(delta, f"+.{digits}f", missing="–")))
     return _table(("Metric", "Slice", "Candidate", "Live", "Δ"), rows)
 
 
@@ -234,12 +234,6 @@ def _cell(text: str) -> str:
 
 def _json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-
-
-def _num(value: float | None, digits: int, *, signed: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{value:{'+' if signed else ''}.{digits}f}"
 
 
 def _or_nan(value: float | None) -> float:

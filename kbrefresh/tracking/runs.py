@@ -63,9 +63,7 @@ def warm_up() -> threading.Thread:
             # requirements are checked; a private helper, hence the suppress.
             from mlflow.utils.requirements_utils import _init_packages_to_modules_map
 
-            from kbrefresh.tracking import (
-                registry,  # noqa: F401
-                )
+            from kbrefresh.tracking import registry, reports  # noqa: F401
 
             _init_packages_to_modules_map()  # type: ignore[no-untyped-call]
 
@@ -100,17 +98,14 @@ def record_build(
 ) -> BuildRecord:
     """Log the build as an MLflow run; register the version when it passed the gate."""
     try:
-        from kbrefresh.tracking import (
-            registry as tracking,  # MLflow, matplotlib: seconds, so only here
-        )
+        # MLflow, matplotlib: seconds to import, so only here
+        from kbrefresh.tracking import registry as tracking
         from kbrefresh.tracking import reports
 
         with connect(settings) as conn:
             row = store.version_row(conn, ticket.kb_id, ticket.version)
             spec = dict(store.fingerprint_for_version(conn, ticket.kb_id, ticket.version).spec)
-            manifest = [(r["doc_id"], r["content_hash"]) for r in conn.execute(
-                "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s"
-                " AND version = %s ORDER BY doc_id", (ticket.kb_id, ticket.version)).fetchall()]
+            manifest = list(store.version_manifest(conn, ticket.kb_id, ticket.version).items())
         metrics = {f"count.{k}": float(v) for k, v in counts.items()}
         metrics |= {f"seconds.{k}": float(v) for k, v in seconds.items()}
         metrics |= {"estimated_tokens": float(estimated_tokens),
@@ -118,7 +113,7 @@ def record_build(
         with tempfile.TemporaryDirectory() as tmp:
             artifacts: dict[str, Any] = {
                 "model_card.md": reports.model_card(
-                    kb=ticket.kb, version=ticket.version, dataset_tag=row["dataset_tag"],
+                    kb=ticket.kb, version=ticket.version, dataset_tag=row.dataset_tag,
                     fingerprint=spec, counts=counts, outcome=outcome,
                     built_at=datetime.now(UTC), source=source),
             }
@@ -135,7 +130,7 @@ def record_build(
                         "model": spec.get("model"), "dims": spec.get("dims"),
                         "chunker": spec.get("chunker"), "table": ticket.table},
                 metrics=metrics, artifacts=artifacts, manifest=manifest,
-                dataset_tag=row["dataset_tag"], source=source,
+                dataset_tag=row.dataset_tag, source=source,
                 tags={"status": "passed" if outcome and outcome.verdict.passed else "rejected"},
             )
         model_version = None
@@ -182,7 +177,7 @@ def record_failure(
             artifacts["quality.json"] = quality_dict
         run_id = tracking.log_build(
             settings, kb=ticket.kb, version=ticket.version, params={"table": ticket.table},
-            metrics={}, artifacts=artifacts, manifest=[], dataset_tag=row["dataset_tag"],
+            metrics={}, artifacts=artifacts, manifest=[], dataset_tag=row.dataset_tag,
             source=source, tags={"status": "failed", "error": type(error).__name__})
         return BuildRecord(run_id, None)
     except _tracking_errors() as exc:

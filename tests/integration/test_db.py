@@ -8,7 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kbrefresh.db import MIGRATIONS_DIR, apply_migrations, connect, load_migrations, redact_url
+from kbrefresh._text import redact_url
+from kbrefresh.db import MIGRATIONS_DIR, apply_migrations, connect, load_migrations
 from kbrefresh.errors import DatabaseError, MigrationError
 from kbrefresh.settings import Settings
 

@@ -218,7 +218,7 @@ def test_a_candidate_failing_the_gate_is_rejected_and_nothing_goes_live(
     assert live(env, kb) is None
     with connect(env) as conn:
         [version] = store.list_versions(conn, store.get_kb_id(conn, kb))
-    assert version["status"] == "rejected"
+    assert version.status == store.VersionStatus.REJECTED
     gate = str(read_artifacts(artifact_key("gate", kb))[0].data)
     assert "**Validation gate: FAILED**" in gate
     assert read_artifacts(artifact_key("refresh", kb)) == []

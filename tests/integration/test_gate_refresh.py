@@ -101,8 +101,9 @@ def test_a_candidate_worse_on_one_slice_is_rejected_and_live_keeps_serving(
         kb_id = store.get_kb_id(conn, "help")
         assert routing.live_version(conn, kb_id) == 1
         row = store.version_row(conn, kb_id, 2)
-    assert row["status"] == "rejected" and row["verdict"]["passed"] is False
-    failed = [r for r in row["verdict"]["rules"] if not r["passed"]]
+    assert row.status == store.VersionStatus.REJECTED and row.verdict is not None
+    assert row.verdict["passed"] is False
+    failed = [r for r in row.verdict["rules"] if not r["passed"]]
     assert any(r["slice"] == "technical" for r in failed)
 
 
@@ -130,7 +131,7 @@ def test_a_build_refused_for_bad_data_is_still_an_mlflow_run(tracked: Settings, 
     client = mlflow.MlflowClient(tracking_uri=tracked.mlflow_tracking_uri)
     with connect(tracked) as conn:
         row = store.version_row(conn, store.get_kb_id(conn, "help"), 2)
-    run = client.get_run(row["mlflow_run_id"])
+    run = client.get_run(row.mlflow_run_id)
     assert run.data.tags["status"] == "failed" and run.data.tags["error"] == "DataQualityError"
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert paths == {"error.txt", "quality.json"}

@@ -16,7 +16,6 @@ from kbrefresh.embedders import (
     Embedder,
     OfflineEmbedder,
     OpenAIEmbedder,
-    estimate_tokens,
     make_embedder,
 )
 from kbrefresh.errors import ConfigError, EmbeddingError
@@ -163,10 +162,6 @@ def test_empty_input_sends_nothing(server: FakeOpenAIServer) -> None:
     assert vectors.shape == (0, 1536)
     assert server.requests == []
     assert (embedder.calls, embedder.texts_embedded, embedder.requests) == (0, 0, 0)
-
-
-def test_estimate_tokens_is_about_four_chars_per_token() -> None:
-    assert estimate_tokens(["abcd", "abcde", "", "x" * 4000]) == 1 + 2 + 0 + 1000
 
 
 # -- batching --------------------------------------------------------------------

@@ -64,7 +64,7 @@ def live(settings: Settings, kb: str) -> int | None:
 
 def statuses(settings: Settings, kb: str) -> dict[int, str]:
     with connect(settings) as conn:
-        return {r["version"]: r["status"] for r in store.list_versions(conn, store.get_kb_id(conn, kb))}
+        return {r.version: r.status.value for r in store.list_versions(conn, store.get_kb_id(conn, kb))}
 
 
 class FailingEmbedder(OfflineEmbedder):
@@ -154,7 +154,7 @@ def test_rollback_then_refresh_rebuilds_from_the_rolled_back_state(
         view_docs = {r["doc_id"] for r in conn.execute('SELECT doc_id FROM "kb_kb_live"').fetchall()}
     assert live(settings, "kb") == 1
     assert statuses(settings, "kb") == {1: "live", 2: "rolled_back"}
-    assert [(h["action"], h["from_version"], h["to_version"]) for h in history[:2]] == [
+    assert [(h.action, h.from_version, h.to_version) for h in history[:2]] == [
         ("rollback", 2, 1), ("swap", 1, 2)]
     assert "technical/doc-001" in view_docs
     assert version_rows(settings, "kb", 1) == v1
@@ -258,9 +258,9 @@ def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: P
     assert result.failures[0].startswith("row_count: ")
     assert statuses(settings, "kb") == {1: "live", 2: "rejected"}
     assert live(settings, "kb") == 1
-    with connect(settings, autocommit=True) as conn:
-        with pytest.raises(VersionError, match="only a 'candidate' can go live"):
-            routing.swap_live(conn, ticket.kb_id, "kb", 2, reason="x", flow_run_id=None)
+    with (connect(settings, autocommit=True) as conn,
+          pytest.raises(VersionError, match="only a 'candidate' can go live")):
+        routing.swap_live(conn, ticket.kb_id, "kb", 2, reason="x", flow_run_id=None)
 
 
 def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path) -> None:

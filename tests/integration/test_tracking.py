@@ -6,7 +6,6 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytest
@@ -81,17 +80,16 @@ def write_golden(corpus: Path, path: Path) -> Path:
     return path
 
 
-def stored(settings: Settings, kb: str, version: int) -> tuple[dict[str, Any], GateOutcome]:
+def stored(settings: Settings, kb: str, version: int) -> tuple[store.VersionInfo, GateOutcome]:
     with connect(settings) as conn:
-        kb_id = store.get_kb_id(conn, kb)
-        row = next(r for r in store.list_versions(conn, kb_id) if r["version"] == version)
-        row["manifest"] = [
-            (r["doc_id"], r["content_hash"]) for r in conn.execute(
-                "SELECT doc_id, content_hash FROM kb_version_documents"
-                " WHERE kb_id = %s AND version = %s", (kb_id, version),
-            ).fetchall()
-        ]
-    return row, outcome_from_dict(row["verdict"])
+        row = store.version_row(conn, store.get_kb_id(conn, kb), version)
+    assert row.verdict is not None
+    return row, outcome_from_dict(dict(row.verdict))
+
+
+def manifest(settings: Settings, kb: str, version: int) -> list[tuple[str, str]]:
+    with connect(settings) as conn:
+        return list(store.version_manifest(conn, store.get_kb_id(conn, kb), version).items())
 
 
 def track(settings: Settings, kb: str, report: RefreshReport, tmp_path: Path) -> tuple[str, str]:
@@ -102,11 +100,11 @@ def track(settings: Settings, kb: str, report: RefreshReport, tmp_path: Path) ->
               "chunks_embedded": report.chunks_embedded, "chunks_reused": report.chunks_reused,
               "chunks_removed": report.chunks_removed, "estimated_tokens": report.estimated_tokens}
     card = model_card(kb=kb, version=report.version, dataset_tag=report.dataset_tag,
-                      fingerprint=row["fingerprint"], counts=counts, outcome=outcome,
-                      built_at=datetime.now(UTC), source=row["source"])
+                      fingerprint=dict(row.fingerprint), counts=counts, outcome=outcome,
+                      built_at=datetime.now(UTC), source=row.source)
     run_id = log_build(
         settings, kb=kb, version=report.version,
-        params={"fingerprint": row["fingerprint"], "chunker": row["fingerprint"]["chunker"]},
+        params={"fingerprint": dict(row.fingerprint), "chunker": row.fingerprint["chunker"]},
         metrics={**{f"count.{k}": v for k, v in counts.items()},
                  **{f"seconds.{k}": v for k, v in report.seconds.items()},
                  "cost.estimated_usd": 0.0, **gate_metrics(outcome)},
@@ -114,11 +112,11 @@ def track(settings: Settings, kb: str, report: RefreshReport, tmp_path: Path) ->
                    "gate_report.md": comparison_markdown(kb, report.version, outcome,
                                                          "charts/metrics.png"),
                    "charts/metrics.png": chart},
-        manifest=row["manifest"], dataset_tag=report.dataset_tag, source=row["source"],
+        manifest=manifest(settings, kb, report.version), dataset_tag=report.dataset_tag, source=row.source,
         tags={"trigger": "test", "origin_db": "postgresql://kb:hunter2@db.example/kb"},
     )
     model_version = register_version(settings, kb=kb, version=report.version, run_id=run_id,
-                                     table=row["table_name"], fingerprint=row["fingerprint"])
+                                     table=row.table_name, fingerprint=dict(row.fingerprint))
     return run_id, model_version
 
 
@@ -210,10 +208,10 @@ def test_hostile_name_is_registered_from_routing_alone(tracked: Settings, tmp_pa
     assert registry_state(tracked, HOSTILE) == {"champion": 1, "challenger": None}
     assert predict_versions(HOSTILE, "champion") == {1}
     row, _ = stored(tracked, HOSTILE, 1)
-    run = MlflowClient(tracking_uri(tracked)).get_run(row["mlflow_run_id"])
+    run = MlflowClient(tracking_uri(tracked)).get_run(str(row.mlflow_run_id))
     assert run.data.tags["kb"] == HOSTILE
     assert run.data.tags["kbrefresh.origin"] == "sync_registry"
-    assert run.inputs.dataset_inputs[0].dataset.name == row["dataset_tag"]
+    assert run.inputs.dataset_inputs[0].dataset.name == row.dataset_tag
 
     with pytest.raises(TrackingError) as caught:
         set_aliases(tracked, kb=HOSTILE, champion=1, challenger=7)

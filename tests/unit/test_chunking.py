@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from kbrefresh.build.chunking import chunk_document, chunk_documents, estimate_tokens
+from kbrefresh.build.chunking import chunk_document, chunk_documents
 from kbrefresh.errors import ConfigError
 from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
 
@@ -40,14 +40,6 @@ def paragraph(n: int, sentences: int = 5) -> str:
 
 def texts(chunks: list[Chunk]) -> list[str]:
     return [chunk.text for chunk in chunks]
-
-
-# ---- estimate_tokens --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "tokens"), [("", 0), ("abc", 1), ("abcd", 1), ("abcde", 2)])
-def test_estimate_tokens(text: str, tokens: int) -> None:
-    assert estimate_tokens(text) == tokens
 
 
 # ---- markdown structure -----------------------------------------------------------------

@@ -17,7 +17,6 @@ from bs4.element import Tag
 from bs4.filter import SoupStrainer
 from markdown_it import MarkdownIt
 
-from kbrefresh.models import Document
 from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
@@ -25,6 +24,7 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
+from kbrefresh.models import Document
 
 logger = logging.getLogger(__name__)
 # libyaml's safe loader parses front matter ~10x faster than the pure-Python one.

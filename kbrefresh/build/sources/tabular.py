@@ -12,8 +12,7 @@ import pandas as pd
 import sqlalchemy
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from kbrefresh.errors import SourceError
-from kbrefresh.models import Document
+from kbrefresh._text import scrub
 from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
@@ -21,6 +20,8 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
+from kbrefresh.errors import SourceError
+from kbrefresh.models import Document
 
 logger = logging.getLogger(__name__)
 
@@ -78,20 +79,18 @@ def load_sql(url: str, query: str, columns: Columns) -> LoadResult:
     try:
         engine = sqlalchemy.create_engine(url)
     except (SQLAlchemyError, ImportError) as exc:
-        raise SourceError(_scrub(f"cannot open source {masked!r}: {exc}", password)) from exc
+        raise SourceError(scrub(f"cannot open source {masked!r}: {exc}", password)) from exc
     try:
         with engine.connect() as connection:
             frame = pd.read_sql(sqlalchemy.text(query), connection)
     except (SQLAlchemyError, OSError, ValueError) as exc:
         message = f"cannot read source {masked!r} with the given query: {exc}"
-        raise SourceError(_scrub(message, password)) from exc
+        raise SourceError(scrub(message, password)) from exc
     finally:
         engine.dispose()
     return frame_to_result(frame, columns, source=masked)
 
 
-def _scrub(message: str, password: str | None) -> str:
-    return message.replace(password, "***") if password else message
 
 
 def frame_to_result(frame: pd.DataFrame, columns: Columns, *, source: str) -> LoadResult:

@@ -1,4 +1,4 @@
-"""Knowledge bases, fingerprint chunk tables and row-versioned chunk storage.
+"""Fingerprint chunk tables and row-versioned chunk storage.
 
 One chunk table per (KB, embedding fingerprint) holds every version: a row belongs
 to version ``v`` when ``valid_from <= v`` and ``valid_to`` is NULL or ``> v``. A
@@ -11,74 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
-from kbrefresh.errors import ConfigError, VersionError
+from kbrefresh.errors import VersionError
 from kbrefresh.models import Fingerprint
+from kbrefresh.store.rows import Conn
 
 logger = logging.getLogger(__name__)
 
 # pgvector's HNSW index takes `vector` columns of at most 2,000 dimensions.
 HNSW_MAX_DIMS = 2000
-_MAX_NAME_BYTES = 55  # "kb_" + name + "_live" must fit PostgreSQL's 63-byte identifiers
-
-Conn = psycopg.Connection[Any]
-
-
-def validate_kb_name(name: str) -> str:
-    """Return ``name`` if it can name a knowledge base, else raise ConfigError.
-
-    Any printable text is allowed (quotes, semicolons, unicode): names only ever
-    reach SQL as bound values or through ``sql.Identifier``.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"knowledge base name {name!r} is empty; expected printable text")
-    if name != name.strip():
-        raise ConfigError(f"knowledge base name {name!r} has leading or trailing spaces")
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ConfigError(f"knowledge base name {name!r} contains control characters")
-    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-        raise ConfigError(
-            f"knowledge base name {name!r} is {len(name.encode('utf-8'))} bytes; "
-            f"expected at most {_MAX_NAME_BYTES} bytes of UTF-8"
-        )
-    return name
-
-
-def ensure_kb(conn: Conn, name: str) -> int:
-    """Return the id of knowledge base ``name``, creating it and its routing row."""
-    validate_kb_name(name)
-    row = conn.execute(
-        "INSERT INTO kb (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
-        "RETURNING id",
-        (name,),
-    ).fetchone()
-    assert row is not None
-    kb_id = int(row["id"])
-    conn.execute(
-        "INSERT INTO kb_routing (kb_id) VALUES (%s) ON CONFLICT (kb_id) DO NOTHING", (kb_id,)
-    )
-    return kb_id
-
-
-def get_kb_id(conn: Conn, name: str) -> int:
-    """Return the id of an existing knowledge base or raise VersionError."""
-    row = conn.execute("SELECT id FROM kb WHERE name = %s", (name,)).fetchone()
-    if row is None:
-        known = [r["name"] for r in conn.execute("SELECT name FROM kb ORDER BY name").fetchall()]
-        raise VersionError(
-            f"unknown knowledge base {name!r}; known: {', '.join(map(repr, known)) or 'none yet'}"
-        )
-    return int(row["id"])
-
-
-def list_kbs(conn: Conn) -> list[str]:
-    return [str(r["name"]) for r in conn.execute("SELECT name FROM kb ORDER BY name").fetchall()]
 
 
 @dataclass(frozen=True)
@@ -200,48 +145,6 @@ def in_version(alias: str = "c") -> sql.Composable:
     return sql.SQL(
         "{a}.valid_from <= %(version)s AND ({a}.valid_to IS NULL OR {a}.valid_to > %(version)s)"
     ).format(a=a)
-
-
-def version_row(conn: Conn, kb_id: int, version: int) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT * FROM kb_versions WHERE kb_id = %s AND version = %s", (kb_id, version)
-    ).fetchone()
-    if row is None:
-        raise VersionError(f"version {version} does not exist")
-    return dict(row)
-
-
-def list_versions(conn: Conn, kb_id: int) -> list[dict[str, Any]]:
-    return [
-        dict(r)
-        for r in conn.execute(
-            "SELECT v.*, f.table_name, f.fp_key, f.spec AS fingerprint FROM kb_versions v "
-            "JOIN kb_fingerprints f ON f.id = v.fingerprint_id "
-            "WHERE v.kb_id = %s ORDER BY v.version DESC",
-            (kb_id,),
-        ).fetchall()
-    ]
-
-
-def set_status(conn: Conn, kb_id: int, version: int, status: str, **fields: Any) -> None:
-    """Set a version's status and any of its JSON/text columns."""
-    allowed = {"counts", "quality", "smoke", "verdict", "error", "mlflow_run_id", "finished_at"}
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown version fields {sorted(unknown)!r}")
-    assignments: list[sql.Composable] = [sql.SQL("status = %(status)s")]
-    params: dict[str, Any] = {"status": status, "kb_id": kb_id, "version": version}
-    for name, value in fields.items():
-        if name in {"counts", "quality", "smoke", "verdict"} and value is not None:
-            value = json.dumps(value, default=str)
-        assignments.append(sql.SQL("{} = %({})s").format(sql.Identifier(name), sql.SQL(name)))
-        params[name] = value
-    conn.execute(
-        sql.SQL("UPDATE kb_versions SET {} WHERE kb_id = %(kb_id)s AND version = %(version)s").format(
-            sql.SQL(", ").join(assignments)
-        ),
-        params,
-    )
 
 
 def revert_version_rows(conn: Conn, table: str, version: int) -> tuple[int, int]:

@@ -1,0 +1,112 @@
+"""Small text helpers, written once: markdown escaping, numbers, redaction, slugs,
+token estimates, and reading a YAML/TOML file into a mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import tomllib
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kbrefresh.errors import ConfigError
+
+__all__ = [
+    "SETTINGS_SUFFIXES",
+    "escape_markdown",
+    "load_settings_file",
+    "num",
+    "redact_url",
+    "scrub",
+    "short_hash",
+    "slug",
+    "tokens_for_chars",
+]
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_CLEAN_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+# Policy and settings files: the suffix picks the parser.
+SETTINGS_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def escape_markdown(text: object) -> str:
+    """Return ``text`` safe inside a markdown paragraph or table cell (one line)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\r", " ").replace("\n", " ")
+
+
+def num(value: float | None, spec: str = ".4g", *, missing: str = "-") -> str:
+    """Format ``value`` with the format ``spec``; ``missing`` when it is None."""
+    return missing if value is None else format(value, spec)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` (or any text holding URLs) with passwords replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Return ``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    return text.replace(secret, "***") if secret else text
+
+
+def short_hash(text: str) -> str:
+    """Return 8 hex digits of the SHA-256 of ``text``."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def slug(name: str, max_chars: int = 40) -> str:
+    """Return ``name`` as lowercase letters, digits and dashes: the same for every use.
+
+    A name that is already such a slug (and short enough) is kept; any other gets
+    an ASCII slug plus a short hash of the original, so two names that slugify
+    alike still differ.
+    """
+    if len(name) <= max_chars and _CLEAN_SLUG.fullmatch(name):
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    base = _NOT_SLUG.sub("-", ascii_name.lower()).strip("-")[:max_chars].strip("-")
+    return f"{base}-{short_hash(name)}" if base else short_hash(name)
+
+
+def tokens_for_chars(chars: int) -> int:
+    """Return a rough token count for ``chars`` characters: 4 per token, rounded up.
+
+    An estimate for budgets and progress reports, not a tokenizer count (no
+    tokenizer files are downloaded); English prose is usually within ±25%.
+    """
+    return math.ceil(chars / 4)
+
+
+def load_settings_file(path: str | Path, *, what: str = "policy") -> Any:
+    """Parse a ``.toml``, ``.yaml`` or ``.yml`` file; an empty file gives ``{}``.
+
+    Raises:
+        ConfigError: the file has another suffix, cannot be read, or does not parse.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SETTINGS_SUFFIXES:
+        raise ConfigError(
+            f"unsupported {what} file {path.name!r}; expected one of: {', '.join(SETTINGS_SUFFIXES)}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid TOML ({exc})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{path.name}{where}: invalid YAML ({problem})") from exc
+    return {} if data is None else data
