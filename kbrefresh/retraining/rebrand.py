@@ -363,7 +363,7 @@ def write_rebranded_copy(source: str | Path, target: str | Path, renames: Rename
 # -- the rename maps stored with versions --------------------------------------------
 
 # Versions whose renames no longer apply: they never served or were taken back.
-_ABANDONED = ("building", "failed", "rejected", "rolled_back")
+_ABANDONED = [s.value for s in (*store.ABANDONED, store.VersionStatus.BUILDING)]
 
 
 def save_version_renames(conn: store.Conn, kb_id: int, version: int, renames: RenameMap) -> None:
@@ -405,7 +405,7 @@ def query_expander(conn: store.Conn, kb_id: int, version: int) -> QueryExpander:
         " JOIN kb_versions v ON v.kb_id = r.kb_id AND v.version = r.version"
         " WHERE r.kb_id = %s AND r.version <= %s"
         " AND (r.version = %s OR v.status <> ALL(%s)) ORDER BY r.version",
-        (kb_id, version, version, list(_ABANDONED)),
+        (kb_id, version, version, _ABANDONED),
     ).fetchall()
     by_version: dict[int, dict[str, str]] = {}
     for row in rows:
