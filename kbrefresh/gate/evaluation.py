@@ -31,7 +31,7 @@ from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
-from kbrefresh.retraining.rebrand import query_expander
+from kbrefresh.retraining.rebrand_expansion import query_expander
 from kbrefresh.serving import routing
 from kbrefresh.serving.search import search_version
 from kbrefresh.settings import Settings

@@ -31,7 +31,7 @@ from kbrefresh._text import redact_url
 from kbrefresh.db import database_url as default_database_url
 from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
-from kbrefresh.retraining.rebrand import QueryExpander, query_expander
+from kbrefresh.retraining.rebrand_expansion import QueryExpander, query_expander
 from kbrefresh.serving.lookup import check_embedder_matches
 from kbrefresh.serving.querylog import LogWriter, Pool, reason
 from kbrefresh.serving.search import Hit, search_version

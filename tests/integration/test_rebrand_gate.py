@@ -13,12 +13,8 @@ from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.evaluation import load_golden
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.refresh.sequence import refresh
-from kbrefresh.retraining.rebrand import (
-    parse_rename_map,
-    query_expander,
-    save_version_renames,
-    write_rebranded_copy,
-)
+from kbrefresh.retraining.rebrand import parse_rename_map, write_rebranded_copy
+from kbrefresh.retraining.rebrand_expansion import query_expander, save_version_renames
 from kbrefresh.retraining.rebrand_gate import (
     LEGACY_SLICE,
     NEW_SLICE,
