@@ -113,7 +113,8 @@ def bench_retriever(queries: int = 300) -> None:
     from kbrefresh.db import connect
     from kbrefresh.embedders import OfflineEmbedder
     from kbrefresh.gate.policy import AcceptancePolicy
-    from kbrefresh.refresh.sequence import refresh
+    from kbrefresh.refresh.request import RefreshRequest
+    from kbrefresh.refresh.sequence import run_refresh
     from kbrefresh.serving.retriever import Retriever
     from kbrefresh.serving.search import search_version
     from kbrefresh.settings import Settings
@@ -127,8 +128,8 @@ def bench_retriever(queries: int = 300) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"# Article {i}\n\nHow feature {i} works for {kind} users, "
                             f"step {i % 7} of setting up workspace option {i * 3}.\n", "utf-8")
-        refresh(settings, kb, corpus, embedder=embedder,
-                policy=AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None))
+        run_refresh(settings, RefreshRequest(kb=kb, source=corpus), embedder=embedder,
+                    policy=AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None))
     texts = [f"how does feature {i} work" for i in range(queries)]
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, kb)

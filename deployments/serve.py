@@ -28,8 +28,9 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
 import kbrefresh
-from flows import RefreshParameters, rollback_kb, scheduled_refresh
+from flows import rollback_kb, scheduled_refresh
 from flows.retraining_check import retraining_check
+from kbrefresh.refresh.request import RefreshRequest
 
 MONTHLY_CRON = "0 0 1 * *"
 DAILY_CHECK_CRON = "0 6 * * *"
@@ -67,7 +68,7 @@ def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
 
 def build_deployments() -> list[RunnerDeployment]:
     """Return the served deployments; invalid defaults fail here, before serving."""
-    defaults = RefreshParameters(
+    defaults = RefreshRequest(
         kb=os.environ.get("KBREFRESH_SERVE_KB", "helpcenter"),
         source=os.environ.get("KBREFRESH_SERVE_SOURCE", str(SAMPLE_SOURCE)),
     )

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from flows.rollback import RollbackParameters, rollback_kb
-from flows.scheduled_refresh import RefreshParameters, scheduled_refresh
+from flows.scheduled_refresh import scheduled_refresh
 
-__all__ = ["RefreshParameters", "RollbackParameters", "rollback_kb", "scheduled_refresh"]
+__all__ = ["RollbackParameters", "rollback_kb", "scheduled_refresh"]

@@ -103,3 +103,22 @@ class Fingerprint:
     def key(self) -> str:
         """Return a short stable hash of the fingerprint."""
         return sha256_text(json.dumps(self.as_dict(), sort_keys=True))[:16]
+
+
+@dataclass(frozen=True)
+class BuildTicket:
+    """Plain identifiers of a build in progress (what every refresh step after the first needs)."""
+
+    kb: str
+    kb_id: int
+    version: int
+    resumed: bool
+    table: str
+    dims: int
+    fingerprint_key: str
+    live_version: int | None
+    live_fingerprint_key: str | None
+
+    @property
+    def fingerprint_changed(self) -> bool:
+        return self.live_fingerprint_key is not None and self.live_fingerprint_key != self.fingerprint_key

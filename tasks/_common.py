@@ -1,10 +1,7 @@
-"""What every task shares: which errors are worth a retry, artifact keys, a stopwatch."""
+"""What every task shares: which errors are worth a retry, artifact keys, markdown escaping."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import openai
@@ -98,18 +95,3 @@ def artifact_key(kind: str, kb: str) -> str:
     The KB part is :func:`kbrefresh._text.slug`, the same name MLflow uses.
     """
     return f"kbrefresh-{kind}-{slug(kb)}"
-
-
-class Stopwatch:
-    """Time named steps of a flow: ``with clock("embed"): ...``; read ``clock.seconds``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, step: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[step] = round(time.perf_counter() - started, 3)

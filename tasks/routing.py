@@ -1,33 +1,21 @@
-"""Tasks that change which version serves: swap a candidate live, roll back."""
+"""Tasks of the rollback: route a KB back, move the registry aliases along, report it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from kbrefresh import store
+from kbrefresh._text import escape_markdown
 from kbrefresh.db import connect
-from kbrefresh.refresh import steps as pipeline
-from kbrefresh.refresh.steps import BuildTicket, PublishResult
+from kbrefresh.refresh import steps
 from kbrefresh.serving import routing
 from kbrefresh.serving.routing import RouteChange
 from kbrefresh.settings import Settings
-from tasks._common import ROUTING_TASK_OPTIONS
-
-
-@task(**ROUTING_TASK_OPTIONS)
-def swap_live_version(
-    ticket: BuildTicket, reason: str, flow_run_id: str | None, keep_versions: int
-) -> PublishResult:
-    """Make the candidate live (blue/green), then archive versions beyond ``keep_versions``."""
-    published = pipeline.publish(
-        Settings(), ticket, reason=reason, flow_run_id=flow_run_id, keep_versions=keep_versions
-    )
-    get_run_logger().info(
-        "%r: live v%s -> v%d (%s); archived %s",
-        ticket.kb, published.from_version, published.to_version, reason,
-        published.archived or "nothing",
-    )
-    return published
+from tasks._common import ROUTING_TASK_OPTIONS, TASK_OPTIONS, artifact_key
+from tasks.refresh_artifacts import table
 
 
 @task(**ROUTING_TASK_OPTIONS)
@@ -48,3 +36,31 @@ def rollback_live_version(
         "%r rolled back: live v%s -> v%d (%s)", kb, change.from_version, change.to_version, reason
     )
     return change
+
+
+# Tracking never fails a run (failures come back as warnings), so retries buy nothing.
+@task(**TASK_OPTIONS | {"retries": 0}, name="sync_aliases")
+def sync_registry_aliases(kb: str) -> str | None:
+    """Point the champion/challenger aliases at the live/canary versions; return a warning."""
+    warning = steps.sync_aliases(Settings(), kb)
+    if warning:
+        get_run_logger().warning("%s", warning)
+    return warning
+
+
+@task(**TASK_OPTIONS)
+def report_rollback(kb: str, change: RouteChange, reason: str) -> dict[str, Any]:
+    """Publish the rollback as the artifact ``kbrefresh-rollback-<kb>``; return it as a dict."""
+    summary = f"{kb!r}: live v{change.from_version} -> v{change.to_version} ({reason})"
+    create_markdown_artifact(
+        f"# {escape_markdown(repr(kb))} rolled back to v{change.to_version}\n\n"
+        + table(("", ""), [
+            ("Live", f"v{change.from_version} → v{change.to_version}"),
+            ("Rolled back", f"v{change.from_version}"),
+            ("Reason", escape_markdown(reason)),
+        ]),
+        key=artifact_key("rollback", kb),
+        description=summary,
+    )
+    return {"kb": kb, "from_version": change.from_version, "to_version": change.to_version,
+            "reason": reason}

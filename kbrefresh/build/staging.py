@@ -220,7 +220,7 @@ _TOUCHED = (
 )
 
 
-def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
+def count_plan(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
     """Count unchanged, reusable and to-embed chunks without changing anything."""
     t = sql.Identifier(table)
     params = {"kb_id": kb_id, "version": version}
@@ -265,7 +265,7 @@ def plan_build(conn: Conn, kb_id: int, version: int, table: str) -> BuildPlan:
     )
 
 
-def apply_reuse(conn: Conn, kb_id: int, version: int, table: str) -> tuple[int, int]:
+def reuse_unchanged(conn: Conn, kb_id: int, version: int, table: str) -> tuple[int, int]:
     """Close replaced rows and copy reusable vectors server-side; return (closed, copied)."""
     t = sql.Identifier(table)
     params = {"kb_id": kb_id, "version": version}

@@ -54,7 +54,7 @@ def check_cmd(
         record_decision(settings, result, dispatched={
             "mode": "cli", "run": run, "refresh": "in-process" if refreshing else None})
         if refreshing and source is not None:
-            _print_report(_run_refresh(settings, kb, source, query=query,
+            _print_report(_run_refresh(settings, kb=kb, source=source, query=query,
                                        reason=result.retrain_reason))
         elif delay is not None:
             console.print(escape(f"would schedule a refresh in {delay:g} days (the retraining-check "

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from kbrefresh import store
 from kbrefresh._text import num
-from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import connect, describe_database
 from kbrefresh.errors import ConfigError, KBRefreshError
@@ -25,7 +24,8 @@ from kbrefresh.gate.evaluation import load_golden, run_gate
 from kbrefresh.gate.policy import load_policy
 from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.refresh.sequence import RefreshReport, refresh
+from kbrefresh.refresh.request import parse_request
+from kbrefresh.refresh.sequence import DirectRunner, RefreshHooks, RefreshReport, run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.serving.lookup import kb_overview, search_live
 from kbrefresh.settings import Settings
@@ -55,30 +55,41 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
-def _run_refresh(settings: Settings, kb: str, source: str, **kwargs: Any) -> RefreshReport:
+class _Progress(RefreshHooks):
+    """Show the plan, then an embedding progress bar."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task = bar.add_task("embedding + loading", total=None)
+
+    def step_finished(self, step: str, result: object) -> None:
+        if step != "plan_build" or not isinstance(result, BuildPlan):
+            return
+        plan = result
+        if plan.full_build and plan.to_embed_chunks:
+            self.bar.console.print(
+                f"full build: {plan.to_embed_chunks} chunks to embed "
+                f"(~{plan.estimated_tokens:,} tokens estimated)"
+            )
+        else:
+            self.bar.console.print(
+                f"plan: {plan.unchanged + plan.reusable} chunks reused, "
+                f"{plan.to_embed_chunks} to embed (~{plan.estimated_tokens:,} tokens), "
+                f"{plan.replaced} replaced or deleted"
+            )
+        self.bar.update(self.task, total=plan.to_embed_texts)
+
+    def embed_progress(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+
+def _run_refresh(settings: Settings, **options: Any) -> RefreshReport:
+    request = parse_request(**options)  # every bound checked before anything is created
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("embedding + loading", total=None)
-
-        def on_plan(plan: BuildPlan) -> None:
-            if plan.full_build and plan.to_embed_chunks:
-                bar.console.print(
-                    f"full build: {plan.to_embed_chunks} chunks to embed "
-                    f"(~{plan.estimated_tokens:,} tokens estimated)"
-                )
-            else:
-                bar.console.print(
-                    f"plan: {plan.unchanged + plan.reusable} chunks reused, "
-                    f"{plan.to_embed_chunks} to embed (~{plan.estimated_tokens:,} tokens), "
-                    f"{plan.replaced} replaced or deleted"
-                )
-            bar.update(task, total=plan.to_embed_texts)
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        report = refresh(settings, kb, source, on_plan=on_plan, on_progress=on_progress, **kwargs)
-        bar.update(task, completed=report.texts_embedded)
+        progress = _Progress(bar)
+        report = run_refresh(settings, request, runner=DirectRunner(), hooks=progress)
+        bar.update(progress.task, completed=report.texts_embedded)
     return report
 
 
@@ -136,10 +147,10 @@ def refresh_kb(
     kb: KbOpt,
     source: Annotated[str, typer.Option(help="Directory, .csv/.parquet file, or SQLAlchemy URL.")],
     query: Annotated[str | None, typer.Option(help="SQL query when --source is a URL.")] = None,
-    max_shrink: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
-    max_age_days: Annotated[float | None, typer.Option(min=0.001)] = 365.0,
-    max_chars: Annotated[int, typer.Option(min=100, max=20000)] = 1200,
-    overlap_chars: Annotated[int, typer.Option(min=0, max=5000)] = 150,
+    max_shrink: Annotated[float, typer.Option(help="Largest share of documents lost (0-1).")] = 0.2,
+    max_age_days: Annotated[float | None, typer.Option(help="Oldest the newest doc may be.")] = 365.0,
+    max_chars: Annotated[int, typer.Option(help="Largest chunk (100-20000 chars).")] = 1200,
+    overlap_chars: Annotated[int, typer.Option(help="Chunk overlap (0-5000 chars).")] = 150,
     header_template: Annotated[str, typer.Option(
         help="Text embedded per chunk: {title}, {section}, {category}, {text}.")] =
         ChunkerConfig().header_template,
@@ -151,11 +162,10 @@ def refresh_kb(
     settings = _settings()
     with _errors():
         report = _run_refresh(
-            settings, kb, source, query=query, keep_versions=keep, lock_wait_seconds=wait,
-            policy=load_policy(policy) if policy else None,
-            chunker=ChunkerConfig(max_chars=max_chars, overlap_chars=overlap_chars,
-                                  header_template=header_template),
-            quality=QualityPolicy(max_shrink=max_shrink, max_age_days=max_age_days),
+            settings, kb=kb, source=source, query=query, max_shrink=max_shrink,
+            max_age_days=max_age_days, max_chars=max_chars, overlap_chars=overlap_chars,
+            header_template=header_template, keep_versions=keep, lock_wait_seconds=wait,
+            policy_file=str(policy) if policy else None, reason="refresh",
         )
         _print_report(report)
 
@@ -173,14 +183,15 @@ def demo(
     with _errors():
         _copy_tree(SAMPLES / "base", work)
         console.rule("month 1: build from the bundled help center")
-        _print_report(_run_refresh(settings, kb, str(work), reason="demo: first build"))
+        _print_report(_run_refresh(settings, kb=kb, source=str(work), reason="demo: first build"))
         for name in ("smoke", "technical", "general"):
             loaded = load_golden(settings, kb, SAMPLES / "golden" / f"{name}.jsonl")
             console.print(f"golden set {name!r}: {loaded.loaded} queries loaded"
                           + (f", unknown doc ids {sorted(loaded.unknown_ids)}" if loaded.unknown_ids else ""))
         changes = _apply_change_set(SAMPLES / "next_month", work)
         console.rule(f"month 2: {changes}")
-        _print_report(_run_refresh(settings, kb, str(work), reason="demo: monthly refresh"))
+        _print_report(_run_refresh(settings, kb=kb, source=str(work),
+                                    reason="demo: monthly refresh"))
         _print_hits(settings, kb, question, 5)
     console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`,"
                   " `kbrefresh eval --kb helpcenter`")

@@ -1,26 +1,142 @@
-"""One whole refresh of a knowledge base, for the CLI, the demo and tests."""
+"""The one refresh sequence, run by the CLI (plain calls) and by the flow (Prefect tasks).
+
+``run_refresh`` owns the order of the steps, the KB's refresh lock, the timings, the
+MLflow warm-up, the failure handling and the rejection check. It hands each step to a
+**step runner**: ``DirectRunner`` calls it; ``tasks.PrefectStepRunner`` runs it as a
+Prefect task named like the step, with retries and artifacts. A step's function name in
+``steps`` is its task name and its key in ``RefreshReport.seconds``. Hooks see every
+step start, finish or fail from inside the step (so a Prefect runner's hooks log to the
+task run), plus embedding progress and the finished report. Nothing here imports Prefect.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, TypeVar
 
-from kbrefresh.build.embedding import EmbedStats, ProgressFn
-from kbrefresh.build.quality import QualityPolicy
+from kbrefresh.build.embedding import EmbedStats
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
 from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.verdict import Verdict
-from kbrefresh.models import ChunkerConfig
-from kbrefresh.refresh import steps as pipeline
+from kbrefresh.models import BuildTicket
+from kbrefresh.refresh import steps
+from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
-from kbrefresh.tracking import runs as records
+from kbrefresh.tracking import runs
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# In order; validate_candidate runs only after smoke checks passed, and a rejected
+# candidate stops before publish_version. fail_build runs only after an error.
+STEPS = ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "embed_changed",
+         "finalize_version", "smoke_check", "validate_candidate", "record_build",
+         "publish_version", "sync_aliases")
+
+
+class RefreshHooks:
+    """What a refresh tells its caller; every method does nothing unless overridden.
+
+    ``step_*`` are called inside the step (a Prefect runner: inside its task run).
+    """
+
+    def refresh_started(self, request: RefreshRequest) -> None:
+        """The refresh of ``request.kb`` begins (before the lock is taken)."""
+
+    def step_started(self, step: str) -> None:
+        """``step`` is about to run (again, on a retry)."""
+
+    def step_finished(self, step: str, result: object) -> None:
+        """``step`` returned ``result``."""
+
+    def step_failed(self, step: str, error: BaseException) -> None:
+        """``step`` raised ``error`` (it may still be retried)."""
+
+    def embed_progress(self, done: int, total: int) -> None:
+        """``done`` of ``total`` texts are embedded and loaded."""
+
+    def refreshed(self, report: RefreshReport) -> None:
+        """The refresh published ``report.version``; called last, outside any step."""
+
+
+class StepRunner(Protocol):
+    """Runs one named step of a refresh; ``hooks`` are the runner's own (e.g. artifacts)."""
+
+    flow_run_id: str | None
+    hooks: RefreshHooks
+
+    def run(self, step: str, call: Callable[[], T]) -> T: ...
+
+
+class DirectRunner:
+    """Call each step in this process: no Prefect, no server (the CLI, tests, benchmarks)."""
+
+    flow_run_id: str | None = None
+    hooks: RefreshHooks = RefreshHooks()
+
+    def run(self, step: str, call: Callable[[], T]) -> T:
+        return call()
+
+
+class _FanOut(RefreshHooks):
+    def __init__(self, hooks: Sequence[RefreshHooks]) -> None:
+        self.hooks = hooks
+
+    def refresh_started(self, request: RefreshRequest) -> None:
+        for hook in self.hooks:
+            hook.refresh_started(request)
+
+    def step_started(self, step: str) -> None:
+        for hook in self.hooks:
+            hook.step_started(step)
+
+    def step_finished(self, step: str, result: object) -> None:
+        for hook in self.hooks:
+            hook.step_finished(step, result)
+
+    def step_failed(self, step: str, error: BaseException) -> None:
+        for hook in self.hooks:
+            hook.step_failed(step, error)
+
+    def embed_progress(self, done: int, total: int) -> None:
+        for hook in self.hooks:
+            hook.embed_progress(done, total)
+
+    def refreshed(self, report: RefreshReport) -> None:
+        for hook in self.hooks:
+            hook.refreshed(report)
+
+
+class _Stepper:
+    """Run step functions through the runner, tell the hooks, time each under its name."""
+
+    def __init__(self, runner: StepRunner, hooks: RefreshHooks) -> None:
+        self.runner, self.hooks = runner, hooks
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        name = step.__name__
+
+        def call() -> T:
+            self.hooks.step_started(name)
+            try:
+                result = step(*args, **kwargs)
+            except BaseException as exc:
+                self.hooks.step_failed(name, exc)
+                raise
+            self.hooks.step_finished(name, result)
+            return result
+
+        started = time.perf_counter()
+        result = self.runner.run(name, call)
+        self.seconds[name] = time.perf_counter() - started
+        return result
 
 
 @dataclass(frozen=True)
@@ -47,6 +163,8 @@ class RefreshReport:
     archived: list[int]
     verdict: Verdict | None = None
     golden: str = ""
+    # One key per step taken (its function name), plus embed_only: the part of
+    # embed_changed spent waiting on the embedder.
     seconds: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     model_version: str | None = None
@@ -60,107 +178,87 @@ class RefreshReport:
             f"reused {self.chunks_reused}, removed {self.chunks_removed}"
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values (the flow's return value)."""
+        return asdict(self) | {"verdict": self.verdict.to_dict() if self.verdict else None}
 
-def refresh(
+
+def run_refresh(
     settings: Settings,
-    kb: str,
-    source: str,
+    request: RefreshRequest,
     *,
-    query: str | None = None,
-    chunker: ChunkerConfig | None = None,
-    quality: QualityPolicy | None = None,
+    runner: StepRunner | None = None,
+    hooks: RefreshHooks | None = None,
     embedder: Embedder | None = None,
-    keep_versions: int | None = None,
     policy: AcceptancePolicy | None = None,
-    lock_wait_seconds: float = 0.0,
-    reason: str = "refresh",
-    flow_run_id: str | None = None,
-    on_plan: Callable[[BuildPlan], None] | None = None,
-    on_progress: ProgressFn | None = None,
 ) -> RefreshReport:
-    """Build a new version of ``kb`` from ``source``, validate it and swap it live.
+    """Build a new version of ``request.kb`` from its source, validate it and swap it live.
+
+    ``embedder`` and ``policy`` replace the configured embedder and the request's policy
+    file (tests and benchmarks hold them as objects).
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
         GateFailed: the candidate failed smoke checks or the validation gate (marked
             rejected; live untouched).
-        BuildLockedError: another refresh of ``kb`` is running.
+        BuildLockedError: another refresh of the KB is running.
     """
+    runner = runner or DirectRunner()
+    hooks = _FanOut([runner.hooks] + ([hooks] if hooks else []))
+    step = _Stepper(runner, hooks)
     embedder = embedder or make_embedder(settings)
-    chunker = chunker or ChunkerConfig()
-    fingerprint = pipeline.fingerprint_for(embedder, chunker)
-    seconds: dict[str, float] = {}
-    with pipeline.refresh_lock(settings, kb, wait_seconds=lock_wait_seconds):
-        t = time.perf_counter()
-        ticket = pipeline.begin_build(settings, kb, fingerprint, source=source, flow_run_id=flow_run_id)
-        seconds["begin"] = time.perf_counter() - t
+    if policy is None:
+        policy = request.acceptance_policy()
+    fingerprint = steps.fingerprint_for(embedder, request.chunker())
+    hooks.refresh_started(request)
+    with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds):
+        ticket = step(steps.begin_version, settings, request.kb, fingerprint,
+                      source=request.source, flow_run_id=runner.flow_run_id)
         try:
-            t = time.perf_counter()
-            prepared = pipeline.prepare_data(settings, ticket, source, query=query, chunker=chunker,
-                                             quality=quality)
-            seconds["prepare"] = time.perf_counter() - t
-            t = time.perf_counter()
-            plan = pipeline.plan_build(settings, ticket)
-            seconds["plan"] = time.perf_counter() - t
-            if on_plan:
-                on_plan(plan)
-            t = time.perf_counter()
-            closed, copied = pipeline.reuse_unchanged(settings, ticket)
-            seconds["reuse"] = time.perf_counter() - t
-            t = time.perf_counter()
-            stats = pipeline.embed_changed(settings, ticket, embedder=embedder,
-                                           total_texts=plan.to_embed_texts, on_progress=on_progress)
-            seconds["embed_and_load"] = time.perf_counter() - t
-            seconds["embed_only"] = stats.embed_seconds
+            prepared = step(steps.prepare_data, settings, ticket, request.source,
+                            query=request.query, chunker=request.chunker(),
+                            quality=request.quality_policy())
+            plan = step(steps.plan_build, settings, ticket)
+            reuse = step(steps.reuse_unchanged, settings, ticket)
+            stats = step(steps.embed_changed, settings, ticket, embedder=embedder,
+                         total_texts=plan.to_embed_texts, on_progress=hooks.embed_progress)
+            step.seconds["embed_only"] = stats.embed_seconds
             if settings.tracking:
-                records.warm_up()  # index, smoke and gate below mostly wait on Postgres
-            t = time.perf_counter()
-            counts = pipeline.build_counts(prepared, plan, stats, (closed, copied))
-            pipeline.finalize_build(settings, ticket, counts)
-            seconds["index"] = time.perf_counter() - t
-            t = time.perf_counter()
-            smoke = pipeline.smoke_validate(settings, ticket, embedder=embedder)
-            seconds["smoke"] = time.perf_counter() - t
-            t = time.perf_counter()
-            gate = None
-            if smoke.passed:
-                gate = pipeline.validate_candidate(settings, ticket, smoke=smoke, policy=policy)
-            seconds["gate"] = time.perf_counter() - t
+                runs.warm_up()  # the steps below mostly wait on Postgres
+            counts = steps.build_counts(prepared, plan, stats, reuse)
+            step(steps.finalize_version, settings, ticket, counts)
+            smoke = step(steps.smoke_check, settings, ticket, embedder=embedder)
+            outcome = (step(steps.validate_candidate, settings, ticket, smoke=smoke, policy=policy)
+                       if smoke.passed else None)
         except BaseException as exc:
-            pipeline.fail_build(settings, ticket, exc)
-            if settings.tracking and isinstance(exc, Exception):  # every build is a run
-                records.record_failure(settings, ticket, source=source, error=exc)
+            step(steps.fail_build, settings, ticket, exc, source=request.source)
             raise
-        t = time.perf_counter()
-        record = (records.record_build(
-            settings, ticket, source=source, counts=counts, seconds=seconds, estimated_tokens=plan.estimated_tokens, outcome=gate,
-            quality=prepared.quality) if settings.tracking else records.BuildRecord(None, None))
-        seconds["track"] = time.perf_counter() - t
-        if gate is None or not gate.verdict.passed:
-            raise GateFailed(pipeline.rejection_message(ticket, smoke, gate),
-                             verdict=gate.as_dict() if gate else smoke.as_dict())
-        t = time.perf_counter()
-        published = pipeline.publish(settings, ticket, reason=reason, flow_run_id=flow_run_id,
-                                     keep_versions=keep_versions)
-        seconds["publish"] = time.perf_counter() - t
-    t = time.perf_counter()
-    registry_warning = records.sync_aliases(settings, kb) if settings.tracking else None
-    seconds["registry"] = time.perf_counter() - t
-    return make_report(ticket, prepared, plan, stats, (closed, copied), published, seconds,
-                       outcome=gate, record=record, registry_warning=registry_warning)
+        record = step(steps.record_build, settings, ticket, source=request.source, counts=counts,
+                      seconds=dict(step.seconds), estimated_tokens=plan.estimated_tokens,
+                      outcome=outcome, quality=prepared.quality)
+        if outcome is None or not outcome.verdict.passed:
+            raise GateFailed(steps.rejection_message(ticket, smoke, outcome),
+                             verdict=outcome.as_dict() if outcome else smoke.as_dict())
+        published = step(steps.publish_version, settings, ticket, reason=request.reason,
+                         flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
+    registry_warning = step(steps.sync_aliases, settings, request.kb)
+    report = make_report(ticket, prepared, plan, stats, reuse, published, step.seconds,
+                         outcome=outcome, record=record, registry_warning=registry_warning)
+    hooks.refreshed(report)
+    return report
 
 
 def make_report(
-    ticket: pipeline.BuildTicket,
-    prepared: pipeline.PrepareResult,
+    ticket: BuildTicket,
+    prepared: steps.PrepareResult,
     plan: BuildPlan,
     stats: EmbedStats,
     reuse: tuple[int, int],
-    published: pipeline.PublishResult,
+    published: steps.PublishResult,
     seconds: dict[str, float],
     *,
     outcome: GateOutcome | None,
-    record: records.BuildRecord,
+    record: runs.BuildRecord,
     registry_warning: str | None,
 ) -> RefreshReport:
     """Assemble the report of a published refresh from its steps' results."""
@@ -174,7 +272,7 @@ def make_report(
         full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
         from_version=published.from_version, live_version=published.to_version,
         archived=published.archived, verdict=outcome.verdict if outcome else None,
-        golden=outcome.evaluation.golden if outcome else "", seconds=seconds,
+        golden=outcome.evaluation.golden if outcome else "", seconds=dict(seconds),
         mlflow_run_id=record.run_id, model_version=record.model_version,
         warnings=[w for w in (record.warning, registry_warning) if w],
     )

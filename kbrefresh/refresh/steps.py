@@ -1,7 +1,8 @@
 """The refresh, step by step: each step opens its own connection and returns plain values.
 
-Prefect tasks wrap these steps one to one; ``refresh`` chains them for the CLI and
-tests. Nothing here imports Prefect.
+``sequence.run_refresh`` chains these steps in order through a step runner (plain calls
+for the CLI, one Prefect task per step for flows); a step's function name is its task
+name and its timing key. Nothing here imports Prefect.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import BuildLockedError, DataQualityError
+from kbrefresh.gate import smoke as smoke_checks
 from kbrefresh.gate.evaluation import GateOutcome, run_gate
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.gate.smoke import SmokeResult, smoke_check
-from kbrefresh.models import ChunkerConfig, Fingerprint
+from kbrefresh.gate.smoke import SmokeResult
+from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
+from kbrefresh.tracking import runs
 
 logger = logging.getLogger(__name__)
 
@@ -87,26 +90,7 @@ def refresh_lock(settings: Settings, kb: str, *, wait_seconds: float = 0.0) -> I
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, kb_id))
 
 
-@dataclass(frozen=True)
-class BuildTicket:
-    """Plain identifiers of a build in progress."""
-
-    kb: str
-    kb_id: int
-    version: int
-    resumed: bool
-    table: str
-    dims: int
-    fingerprint_key: str
-    live_version: int | None
-    live_fingerprint_key: str | None
-
-    @property
-    def fingerprint_changed(self) -> bool:
-        return self.live_fingerprint_key is not None and self.live_fingerprint_key != self.fingerprint_key
-
-
-def begin_build(
+def begin_version(
     settings: Settings, kb: str, fingerprint: Fingerprint, *, source: str, flow_run_id: str | None
 ) -> BuildTicket:
     """Start (or resume) a version of ``kb`` for ``fingerprint``. Call under ``refresh_lock``."""
@@ -200,7 +184,7 @@ def _live_doc_count(conn: store.Conn, ticket: BuildTicket) -> int | None:
 def plan_build(settings: Settings, ticket: BuildTicket) -> BuildPlan:
     """Count what the build will reuse and embed; warn when everything is re-embedded."""
     with connect(settings) as conn:
-        plan = build.plan_build(conn, ticket.kb_id, ticket.version, ticket.table)
+        plan = build.count_plan(conn, ticket.kb_id, ticket.version, ticket.table)
     if ticket.fingerprint_changed:
         logger.warning(
             "embedding fingerprint changed (%s -> %s): full re-embed of %d chunks, ~%d tokens",
@@ -213,7 +197,7 @@ def plan_build(settings: Settings, ticket: BuildTicket) -> BuildPlan:
 def reuse_unchanged(settings: Settings, ticket: BuildTicket) -> tuple[int, int]:
     """Close replaced rows and copy reusable vectors inside Postgres; return (closed, copied)."""
     with connect(settings) as conn:
-        result = build.apply_reuse(conn, ticket.kb_id, ticket.version, ticket.table)
+        result = build.reuse_unchanged(conn, ticket.kb_id, ticket.version, ticket.table)
         conn.commit()
     return result
 
@@ -249,7 +233,9 @@ def build_counts(
     }
 
 
-def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, Any]) -> dict[str, Any]:
+def finalize_version(
+    settings: Settings, ticket: BuildTicket, counts: dict[str, Any]
+) -> dict[str, Any]:
     """Build the vector index if the table has none, analyze, mark the version a candidate."""
     with connect(settings, autocommit=True) as conn:
         indexed = store.build_vector_index(conn, ticket.table, ticket.dims, settings.maintenance_work_mem)
@@ -262,7 +248,7 @@ def finalize_build(settings: Settings, ticket: BuildTicket, counts: dict[str, An
     return all_counts
 
 
-def smoke_validate(
+def smoke_check(
     settings: Settings, ticket: BuildTicket, *, embedder: Embedder | None = None
 ) -> SmokeResult:
     """Run smoke checks; a failure marks the version rejected (live stays untouched)."""
@@ -270,7 +256,7 @@ def smoke_validate(
     with connect(settings) as conn:
         counts = store.version_row(conn, ticket.kb_id, ticket.version).counts
         fp = store.fingerprint_for_version(conn, ticket.kb_id, ticket.version)
-        result = smoke_check(conn, ticket.kb_id, ticket.version, fp, embedder,
+        result = smoke_checks.smoke_check(conn, ticket.kb_id, ticket.version, fp, embedder,
                              expected_chunks=int(counts.get("expected_chunks", 0)))
         status = store.VersionStatus.CANDIDATE if result.passed else store.VersionStatus.REJECTED
         store.set_status(conn, ticket.kb_id, ticket.version, status, smoke=result.as_dict(),
@@ -320,7 +306,7 @@ class PublishResult:
     archived: list[int]
 
 
-def publish(
+def publish_version(
     settings: Settings, ticket: BuildTicket, *, reason: str, flow_run_id: str | None,
     keep_versions: int | None = None,
 ) -> PublishResult:
@@ -333,8 +319,34 @@ def publish(
     return PublishResult(change.from_version, change.to_version, archived)
 
 
-def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException) -> None:
-    """Mark a build failed (after an error) so the next run undoes its rows."""
+def record_build(
+    settings: Settings,
+    ticket: BuildTicket,
+    *,
+    source: str,
+    counts: dict[str, int],
+    seconds: dict[str, float],
+    estimated_tokens: int,
+    outcome: GateOutcome | None,
+    quality: dict[str, Any],
+) -> runs.BuildRecord:
+    """Log the build to MLflow (a version that passed is registered); never fails the refresh."""
+    if not settings.tracking:
+        return runs.BuildRecord(None, None)
+    return runs.record_build(settings, ticket, source=source, counts=counts, seconds=seconds,
+                             estimated_tokens=estimated_tokens, outcome=outcome, quality=quality)
+
+
+def sync_aliases(settings: Settings, kb: str) -> str | None:
+    """Point the registry's champion/challenger aliases at the routing; return a warning."""
+    return runs.sync_aliases(settings, kb) if settings.tracking else None
+
+
+def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException, *, source: str) -> None:
+    """Mark a build failed (after an error) so the next run undoes its rows; record it as a run.
+
+    A version already rejected by smoke checks or the gate keeps that status.
+    """
     with connect(settings) as conn:
         status = store.version_row(conn, ticket.kb_id, ticket.version).status
         if status in store.UNFINISHED:
@@ -343,3 +355,5 @@ def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException) ->
                              finished_at=datetime.now(UTC))
             build.clear_staging(conn, ticket.kb_id, ticket.version)
         conn.commit()
+    if settings.tracking and isinstance(error, Exception):  # every build is a run
+        runs.record_failure(settings, ticket, source=source, error=error)

@@ -23,6 +23,7 @@ from kbrefresh._text import escape_markdown, load_settings_file, num
 from kbrefresh.build.quality import QualityReport
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
+from kbrefresh.refresh.request import REASON_MAX_CHARS, KbName, Reason, SourceSpec
 from kbrefresh.retraining import signals as measure
 from kbrefresh.retraining.triggers import (
     Action,
@@ -42,7 +43,6 @@ RETRAIN_EVENT = "kbrefresh.retrain.requested"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."
 # When a retrain is due later, the refresh is scheduled this many days ahead.
 SCHEDULE_DELAY_DAYS = {Action.WITHIN_WEEK: 6.0, Action.SCHEDULE: 20.0}
-_MAX_REASON_CHARS = 500  # RefreshParameters.reason's limit
 
 
 class CheckOptions(BaseModel):
@@ -117,7 +117,7 @@ class CheckResult:
     @property
     def retrain_reason(self) -> str:
         driver = self.decision.driver
-        return f"{driver.name}: {driver.reason}"[:_MAX_REASON_CHARS]
+        return f"{driver.name}: {driver.reason}"[:REASON_MAX_CHARS]
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON stored in ``retrain_decisions.signals``."""
@@ -328,6 +328,19 @@ def kb_resource(kb: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{KB_RESOURCE_PREFIX}{kb}", "prefect.resource.name": kb}
 
 
+class RetrainPayload(BaseModel):
+    """``kbrefresh.retrain.requested``'s payload; kb/source/reason typed as RefreshRequest's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kb: KbName
+    reason: Reason
+    urgency: str
+    action: str
+    segment: str | None
+    source: SourceSpec | None = None  # left out when unknown: the trigger has a default
+
+
 def planned_events(
     result: CheckResult, source: str | None, *, request_retrain: bool
 ) -> tuple[PlannedEvent, ...]:
@@ -348,10 +361,10 @@ def planned_events(
             "kb": kb, "drop_pct": perf.value, "band": perf.severity, "reason": perf.reason}))
     action = result.decision.action
     if request_retrain and action in (Action.RUN_NOW, Action.WITHIN_24H):
-        payload = {"kb": kb, "reason": result.retrain_reason, "urgency": result.decision.urgency,
-                   "action": action.value, "segment": drift.segment}
-        if source is not None:
-            payload["source"] = source
-        events.append(PlannedEvent(RETRAIN_EVENT, kb_resource(kb), payload))
+        payload = RetrainPayload(kb=kb, reason=result.retrain_reason, source=source,
+                                 urgency=result.decision.urgency, action=action.value,
+                                 segment=drift.segment)
+        events.append(PlannedEvent(RETRAIN_EVENT, kb_resource(kb), payload.model_dump(
+            exclude={"source"} if source is None else set())))
     return tuple(events)
 

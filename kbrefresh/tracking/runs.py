@@ -23,7 +23,7 @@ from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.errors import KBRefreshError
 from kbrefresh.gate.evaluation import GateOutcome
-from kbrefresh.refresh.steps import BuildTicket
+from kbrefresh.models import BuildTicket
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def warm_up() -> threading.Thread:
             # requirements are checked; a private helper, hence the suppress.
             from mlflow.utils.requirements_utils import _init_packages_to_modules_map
 
-            from kbrefresh.tracking import registry, reports  # noqa: F401
+            from kbrefresh.tracking import registry, reports  # noqa: F401  (loaded, not used)
 
             _init_packages_to_modules_map()  # type: ignore[no-untyped-call]
 

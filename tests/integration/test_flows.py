@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows import RefreshParameters, RollbackParameters, rollback_kb, scheduled_refresh
+from flows import RollbackParameters, rollback_kb, scheduled_refresh
 from kbrefresh import store
 from kbrefresh.build.chunking import chunk_documents
 from kbrefresh.build.sources import load_source
@@ -37,7 +37,8 @@ from kbrefresh.errors import (
 )
 from kbrefresh.gate.evaluation import load_golden
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.refresh import steps as pipeline
+from kbrefresh.refresh import steps
+from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from tasks import artifact_key, is_transient
@@ -68,7 +69,7 @@ def live(settings: Settings, kb: str) -> int | None:
 
 
 def run_refresh(kb: str, source: Path, **overrides: Any) -> tuple[dict[str, Any], UUID]:
-    state = scheduled_refresh(RefreshParameters(kb=kb, source=str(source), **overrides),
+    state = scheduled_refresh(RefreshRequest(kb=kb, source=str(source), **overrides),
                               return_state=True)
     assert state.is_completed(), state.message
     flow_run_id = state.state_details.flow_run_id
@@ -77,7 +78,7 @@ def run_refresh(kb: str, source: Path, **overrides: Any) -> tuple[dict[str, Any]
 
 
 def failed_refresh(kb: str, source: Path) -> BaseException:
-    state = scheduled_refresh(RefreshParameters(kb=kb, source=str(source)), return_state=True)
+    state = scheduled_refresh(RefreshRequest(kb=kb, source=str(source)), return_state=True)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, BaseException)
@@ -138,8 +139,9 @@ def test_refresh_builds_swaps_reports_and_refuses_bad_data(
             f"{second['chunks_reused']} reused, {second['chunks_removed']} removed |") in markdown
     assert f"| Dataset tag | {second['dataset_tag'].replace('-', chr(92) + '-')} |" in markdown
     assert "| Archived versions | none |" in markdown
-    for step in ("prepare", "reuse", "embed_and_load", "index", "smoke", "gate", "publish",
-                 "total"):
+    for step in ("begin_version", "prepare_data", "plan_build", "reuse_unchanged", "embed_changed",
+                 "embed_only", "finalize_version", "smoke_check", "validate_candidate",
+                 "record_build", "publish_version", "sync_aliases", "total"):
         assert re.search(rf"\| {step} \| \d+\.\d\d \|", markdown), step
     [progress] = read_artifacts(artifact_key("embed", kb), run_id)
     assert progress.type == "progress" and progress.data == 100.0
@@ -229,7 +231,7 @@ def test_a_held_lock_fails_the_run_without_building(env: Settings, tmp_path: Pat
     for topic in TOPICS[:6]:
         write_doc(corpus, topic)
 
-    with pipeline.refresh_lock(env, "locked-kb"):
+    with steps.refresh_lock(env, "locked-kb"):
         error = failed_refresh("locked-kb", corpus)
 
     assert isinstance(error, BuildLockedError)
@@ -250,7 +252,7 @@ def test_a_held_lock_fails_the_run_without_building(env: Settings, tmp_path: Pat
 )
 def test_parameters_are_bounded(params: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        RefreshParameters.model_validate({"kb": "kb", "source": "docs"} | params)
+        RefreshRequest.model_validate({"kb": "kb", "source": "docs"} | params)
 
 
 def _status_error(status: int) -> openai.APIStatusError:
@@ -308,3 +310,38 @@ def test_tasks_retry_a_dropped_connection_but_not_bad_data() -> None:
     with pytest.raises(DataQualityError):
         run_flaky("data")
     assert calls == ["data"]
+
+
+def test_the_flow_judges_by_its_policy_file(env: Settings, tmp_path: Path) -> None:
+    kb, corpus = "policy-kb", tmp_path / "corpus"
+    for topic in TOPICS[:6]:
+        write_doc(corpus, topic)
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(
+        f'{{"query": "how {topic} works", "relevant": ["{topic}"], "set": "smoke"}}\n'
+        for topic in TOPICS[:6]
+    ), encoding="utf-8")
+    load_golden(env, kb, golden)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("rules:\n  - metric: latency_p95_ms\n    upper_bound: 0\n", encoding="utf-8")
+
+    state = scheduled_refresh(RefreshRequest(kb=kb, source=str(corpus), policy_file=str(strict)),
+                              return_state=True)
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, GateFailed)
+    assert str(error).startswith(f"version 1 of {kb!r} was rejected.")
+    assert "latency_p95_ms" in str(error)
+    assert live(env, kb) is None
+    summary, _ = run_refresh(kb, corpus)  # the default policy accepts the same data
+    assert (summary["version"], summary["live_version"]) == (2, 2)
+
+
+def test_a_bad_policy_file_is_refused_before_the_flow_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - metric: hit@5\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(
+            "bad.yaml: invalid acceptance policy: rules[0]: set 'lower_bound', 'upper_bound' "
+            "or 'change'")):
+        RefreshRequest(kb="kb", source="docs", policy_file=str(bad))

@@ -15,7 +15,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import DataQualityError, GateFailed
 from kbrefresh.gate.evaluation import load_golden
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs as records
@@ -25,6 +26,10 @@ pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[2] / "kbrefresh" / "samples" / "helpcenter"
 GOLDEN = [SAMPLES / "golden" / f"{name}.jsonl" for name in ("smoke", "technical", "general")]
+
+
+def help_request(corpus: Path) -> RefreshRequest:
+    return RefreshRequest(kb="help", source=str(corpus), reason="refresh")
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def tracked(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def build_v1(settings: Settings, corpus: Path) -> None:
-    refresh(settings, "help", str(corpus), embedder=OfflineEmbedder(dims=1536))
+    run_refresh(settings, help_request(corpus), embedder=OfflineEmbedder(dims=1536))
     for path in GOLDEN:
         assert load_golden(settings, "help", path).unknown_ids == {}
 
@@ -61,7 +66,7 @@ def apply_next_month(corpus: Path) -> None:
 def test_monthly_refresh_passes_the_gate_and_is_tracked(tracked: Settings, corpus: Path) -> None:
     build_v1(tracked, corpus)
     apply_next_month(corpus)
-    report = refresh(tracked, "help", str(corpus), embedder=OfflineEmbedder(dims=1536))
+    report = run_refresh(tracked, help_request(corpus), embedder=OfflineEmbedder(dims=1536))
     assert report.live_version == 2 and report.verdict is not None and report.verdict.passed
     assert report.golden == "golden sets ['general', 'smoke', 'technical']"
     assert not report.verdict.first_version and report.warnings == []
@@ -94,7 +99,7 @@ def test_a_candidate_worse_on_one_slice_is_rejected_and_live_keeps_serving(
         head = path.read_text("utf-8").split("\n# ", 1)[0]
         path.write_text(head + "\n# Notes\n\nThis page is being rewritten. " * 3, "utf-8")
     with pytest.raises(GateFailed) as exc:
-        refresh(settings, "help", str(corpus), embedder=OfflineEmbedder(dims=1536))
+        run_refresh(settings, help_request(corpus), embedder=OfflineEmbedder(dims=1536))
     assert str(exc.value).startswith("version 2 of 'help' was rejected. Candidate failed ")
     assert "[technical]" in str(exc.value) and "the live version keeps serving" in str(exc.value)
     with connect(settings) as conn:
@@ -127,7 +132,7 @@ def test_a_build_refused_for_bad_data_is_still_an_mlflow_run(tracked: Settings, 
     for path in sorted(corpus.rglob("*.md"))[:30]:
         path.unlink()
     with pytest.raises(DataQualityError):
-        refresh(tracked, "help", str(corpus), embedder=OfflineEmbedder(dims=1536))
+        run_refresh(tracked, help_request(corpus), embedder=OfflineEmbedder(dims=1536))
     client = mlflow.MlflowClient(tracking_uri=tracked.mlflow_tracking_uri)
     with connect(tracked) as conn:
         row = store.version_row(conn, store.get_kb_id(conn, "help"), 2)

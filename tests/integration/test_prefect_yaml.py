@@ -69,7 +69,7 @@ def test_scheduled_refresh_is_deployed_monthly_to_the_process_pool(deployed: str
     }]
     [schedule] = deployment.schedules
     assert _cron(schedule) == ("0 0 1 * *", "UTC", True)
-    assert "RefreshParameters" in str(deployment.parameter_openapi_schema)
+    assert "RefreshRequest" in str(deployment.parameter_openapi_schema)
 
 
 def test_rollback_is_deployed_without_a_schedule(deployed: str) -> None:

@@ -12,15 +12,15 @@ from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh.build.chunking import chunk_documents
-from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import BuildLockedError, DataQualityError, EmbeddingError, VersionError
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.refresh import steps as pipeline
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh import steps
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import RefreshHooks, RefreshReport, run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.serving.lookup import search_live
 from kbrefresh.settings import Settings
@@ -33,10 +33,22 @@ pytestmark = pytest.mark.integration
 SMOKE_ONLY = AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None)
 
 
-def run(settings: Settings, kb: str, source: Path | str, **kwargs: Any) -> Any:
-    kwargs.setdefault("embedder", OfflineEmbedder(dims=64))
-    kwargs.setdefault("policy", SMOKE_ONLY)
-    return refresh(settings, kb, str(source), **kwargs)
+class PlanHook(RefreshHooks):
+    def __init__(self, on_plan: Any) -> None:
+        self.on_plan = on_plan
+
+    def step_finished(self, step: str, result: object) -> None:
+        if step == "plan_build":
+            self.on_plan(result)
+
+
+def run(
+    settings: Settings, kb: str, source: Path | str, *, embedder: Any = None,
+    policy: AcceptancePolicy = SMOKE_ONLY, on_plan: Any = None, **request: Any,
+) -> RefreshReport:
+    return run_refresh(settings, RefreshRequest(kb=kb, source=str(source), **request),
+                       embedder=embedder or OfflineEmbedder(dims=64), policy=policy,
+                       hooks=PlanHook(on_plan) if on_plan else None)
 
 
 def chunk_hashes(source: Path) -> set[tuple[str, int, str]]:
@@ -90,7 +102,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def test_first_build_goes_live_with_every_chunk(settings: Settings, corpus: Path) -> None:
     embedder = OfflineEmbedder(dims=64)
-    report = refresh(settings, "kb1", str(corpus), embedder=embedder)
+    report = run_refresh(settings, RefreshRequest(kb="kb1", source=str(corpus)), embedder=embedder)
     expected = chunk_hashes(corpus)
     assert report.version == 1 and report.live_version == 1 and report.from_version is None
     assert report.full_build and report.chunks == len(expected)
@@ -185,8 +197,7 @@ def test_mass_deletion_breaker_refuses_a_shrunken_source(settings: Settings, cor
     assert "shrank from 12 to 8 documents" in str(exc.value)
     assert live(settings, "kb") == 1
     assert statuses(settings, "kb") == {1: "live", 2: "failed"}
-    ok = run(settings, "kb", corpus,
-                 quality=QualityPolicy(max_shrink=0.5))
+    ok = run(settings, "kb", corpus, max_shrink=0.5)
     assert ok.live_version == 3 and ok.documents == 8
 
 
@@ -223,13 +234,13 @@ def test_crash_before_swap_is_resumed_by_the_next_run(settings: Settings, corpus
     run(settings, "kb", corpus)
     write_corpus(corpus, 12, seed=9)
     embedder = OfflineEmbedder(dims=64)
-    fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
+    fp = steps.fingerprint_for(embedder, ChunkerConfig())
     # A run that dies after loading its vectors, before finalize and swap (no cleanup runs).
-    with pipeline.refresh_lock(settings, "kb"):
-        ticket = pipeline.begin_build(settings, "kb", fp, source=str(corpus), flow_run_id=None)
-        pipeline.prepare_data(settings, ticket, str(corpus))
-        pipeline.reuse_unchanged(settings, ticket)
-        pipeline.embed_changed(settings, ticket, embedder=embedder)
+    with steps.refresh_lock(settings, "kb"):
+        ticket = steps.begin_version(settings, "kb", fp, source=str(corpus), flow_run_id=None)
+        steps.prepare_data(settings, ticket, str(corpus))
+        steps.reuse_unchanged(settings, ticket)
+        steps.embed_changed(settings, ticket, embedder=embedder)
     assert live(settings, "kb") == 1 and statuses(settings, "kb")[2] == "building"
 
     report = run(settings, "kb", corpus)
@@ -242,18 +253,18 @@ def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: P
     run(settings, "kb", corpus)
     write_corpus(corpus, 12, seed=10)
     embedder = OfflineEmbedder(dims=64)
-    fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
-    with pipeline.refresh_lock(settings, "kb"):
-        ticket = pipeline.begin_build(settings, "kb", fp, source=str(corpus), flow_run_id=None)
-        pipeline.prepare_data(settings, ticket, str(corpus))
-        pipeline.reuse_unchanged(settings, ticket)
-        pipeline.embed_changed(settings, ticket, embedder=embedder)
-        pipeline.finalize_build(settings, ticket, {})
+    fp = steps.fingerprint_for(embedder, ChunkerConfig())
+    with steps.refresh_lock(settings, "kb"):
+        ticket = steps.begin_version(settings, "kb", fp, source=str(corpus), flow_run_id=None)
+        steps.prepare_data(settings, ticket, str(corpus))
+        steps.reuse_unchanged(settings, ticket)
+        steps.embed_changed(settings, ticket, embedder=embedder)
+        steps.finalize_version(settings, ticket, {})
         with connect(settings) as conn:  # lose rows behind the pipeline's back
             conn.execute(sql.SQL("DELETE FROM {} WHERE valid_from = 2 AND chunk_index = 0").format(
                 sql.Identifier(ticket.table)))
             conn.commit()
-        result = pipeline.smoke_validate(settings, ticket, embedder=embedder)
+        result = steps.smoke_check(settings, ticket, embedder=embedder)
     assert not result.passed
     assert result.failures[0].startswith("row_count: ")
     assert statuses(settings, "kb") == {1: "live", 2: "rejected"}
@@ -265,7 +276,7 @@ def test_failed_smoke_check_rejects_and_keeps_live(settings: Settings, corpus: P
 
 def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path) -> None:
     run(settings, "kb", corpus)
-    with pipeline.refresh_lock(settings, "kb"):
+    with steps.refresh_lock(settings, "kb"):
         with pytest.raises(BuildLockedError) as exc:
             run(settings, "kb", corpus)
         assert str(exc.value).startswith("another refresh of knowledge base 'kb' is running")
@@ -273,7 +284,7 @@ def test_concurrent_refresh_is_refused_or_waits(settings: Settings, corpus: Path
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with pipeline.refresh_lock(settings, "kb"):
+        with steps.refresh_lock(settings, "kb"):
             holding.set()
             release.wait(30)
 
@@ -356,12 +367,12 @@ def test_resume_after_the_source_changed_back_serves_the_source_as_it_is_now(
     rng = __import__("random").Random(5)
     (corpus / "general/doc-000.md").write_text(markdown_doc("Edited", "general", rng), "utf-8")
     embedder = OfflineEmbedder(dims=64)
-    fp = pipeline.fingerprint_for(embedder, ChunkerConfig())
-    with pipeline.refresh_lock(settings, "kb"):  # dies after writing doc-000's new rows
-        ticket = pipeline.begin_build(settings, "kb", fp, source=str(corpus), flow_run_id=None)
-        pipeline.prepare_data(settings, ticket, str(corpus))
-        pipeline.reuse_unchanged(settings, ticket)
-        pipeline.embed_changed(settings, ticket, embedder=embedder)
+    fp = steps.fingerprint_for(embedder, ChunkerConfig())
+    with steps.refresh_lock(settings, "kb"):  # dies after writing doc-000's new rows
+        ticket = steps.begin_version(settings, "kb", fp, source=str(corpus), flow_run_id=None)
+        steps.prepare_data(settings, ticket, str(corpus))
+        steps.reuse_unchanged(settings, ticket)
+        steps.embed_changed(settings, ticket, embedder=embedder)
     (corpus / "general/doc-000.md").write_text(original, "utf-8")
 
     report = run(settings, "kb", corpus)

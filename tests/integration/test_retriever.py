@@ -22,7 +22,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from tests.support.corpus import markdown_doc, write_corpus
@@ -43,7 +44,8 @@ def build(settings: Settings, root: Path, kb: str = "kb", *, change: int | None 
         rng = random.Random(change)
         (root / "general/doc-000.md").write_text(markdown_doc(f"Changed {change}", "general", rng))
         ids = []
-    refresh(settings, kb, str(root), embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
+    run_refresh(settings, RefreshRequest(kb=kb, source=str(root)),
+                embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
     return ids
 
 

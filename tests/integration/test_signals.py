@@ -17,7 +17,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.retraining.check import CheckOptions, load_check_policy, planned_events, run_check
 from kbrefresh.retraining.signals import (
     days_since_last_build,
@@ -43,7 +44,8 @@ def build_kb(settings: Settings, root: Path, kb: str) -> tuple[Path, list[str]]:
     """Build ``kb`` from 12 synthetic docs (general/ and technical/); return source and ids."""
     corpus = root / "corpus"
     ids = write_corpus(corpus, n_docs=12)
-    refresh(settings, kb, str(corpus), embedder=OfflineEmbedder(dims=DIMS), policy=SMOKE_ONLY)
+    run_refresh(settings, RefreshRequest(kb=kb, source=str(corpus)),
+                embedder=OfflineEmbedder(dims=DIMS), policy=SMOKE_ONLY)
     return corpus, ids
 
 

@@ -15,7 +15,8 @@ from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.retraining.signals import source_volume
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
@@ -32,7 +33,8 @@ def old_version_manifest(conn: store.Conn, kb_id: int, version: int) -> dict[str
         r["doc_id"]: r["content_hash"]
         for r in conn.execute(
             "SELECT doc_id, content_hash FROM kb_version_documents"
-            " WHERE kb_id = %s AND version = %s", (kb_id, version),
+            " WHERE kb_id = %s AND version = %s",
+            (kb_id, version),
         ).fetchall()
     }
 
@@ -52,13 +54,20 @@ def built(settings: Settings, tmp_path: Path) -> Path:
     """Build and publish v1 of 'kb' from 12 docs, then edit the source: 2 changed, 1 deleted, 2 new."""
     source = tmp_path / "corpus"
     ids = write_corpus(source, 12)
-    refresh(settings, "kb", str(source), embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
+    run_refresh(
+        settings,
+        RefreshRequest(kb="kb", source=str(source)),
+        embedder=OfflineEmbedder(dims=64),
+        policy=SMOKE_ONLY,
+    )
     rng = random.Random(3)
     for doc_id in ids[:2]:
         (source / f"{doc_id}.md").write_text(markdown_doc("Edited", "general", rng), "utf-8")
     (source / f"{ids[2]}.md").unlink()
     for i in (90, 91):
-        (source / f"general/new-{i}.md").write_text(markdown_doc(f"New {i}", "general", rng), "utf-8")
+        (source / f"general/new-{i}.md").write_text(
+            markdown_doc(f"New {i}", "general", rng), "utf-8"
+        )
     return source
 
 
@@ -75,13 +84,19 @@ def test_manifest_and_diff_match_the_old_copies(settings: Settings, built: Path)
     assert manifest == old and list(manifest) == sorted(old) and len(manifest) == 12
     assert catalog == old  # one build: the catalog is v1's manifest
     changes = store.diff_documents(manifest, current)
-    assert (changes.new, changes.changed, changes.unchanged, changes.deleted) == old_diff(old, current)
+    assert (changes.new, changes.changed, changes.unchanged, changes.deleted) == old_diff(
+        old, current
+    )
     assert changes == store.DocumentChanges(new=2, changed=2, unchanged=9, deleted=1)
     assert changes.new_samples == 4
     volume = source_volume(settings, "kb", str(built), now=datetime.now(UTC))
     assert (volume.new, volume.changed, volume.unchanged, volume.deleted) == (2, 2, 9, 1)
-    report = refresh(settings, "kb", str(built), embedder=OfflineEmbedder(dims=64),
-                     policy=SMOKE_ONLY)
+    report = run_refresh(
+        settings,
+        RefreshRequest(kb="kb", source=str(built)),
+        embedder=OfflineEmbedder(dims=64),
+        policy=SMOKE_ONLY,
+    )
     assert report.version == 2
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, "kb")
@@ -90,7 +105,12 @@ def test_manifest_and_diff_match_the_old_copies(settings: Settings, built: Path)
 
 
 def test_typed_rows_carry_status_and_routing(settings: Settings, built: Path) -> None:
-    refresh(settings, "kb", str(built), embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
+    run_refresh(
+        settings,
+        RefreshRequest(kb="kb", source=str(built)),
+        embedder=OfflineEmbedder(dims=64),
+        policy=SMOKE_ONLY,
+    )
     with connect(settings, autocommit=True) as conn:
         kb_id = store.get_kb_id(conn, "kb")
         routing.rollback(conn, kb_id, "kb", reason="test")
@@ -99,16 +119,23 @@ def test_typed_rows_carry_status_and_routing(settings: Settings, built: Path) ->
         events = routing.history(conn, kb_id)
         [overview] = store.kb_overview(conn)
     assert [(v.version, v.status) for v in versions] == [
-        (2, store.VersionStatus.ROLLED_BACK), (1, store.VersionStatus.LIVE)]
+        (2, store.VersionStatus.ROLLED_BACK),
+        (1, store.VersionStatus.LIVE),
+    ]
     assert v2 == versions[0] and v2.passed_gate and v2.fingerprint["dims"] == 64
     assert [(e.action, e.from_version, e.to_version, e.reason) for e in events] == [
-        ("rollback", 2, 1, "test"), ("swap", 1, 2, "refresh"), ("swap", None, 1, "refresh")]
+        ("rollback", 2, 1, "test"),
+        ("swap", 1, 2, "scheduled refresh"),
+        ("swap", None, 1, "scheduled refresh"),
+    ]
     assert (overview.name, overview.live_version, overview.versions) == ("kb", 1, 2)
     assert overview.counts["documents"] == 12 and overview.canary_percent == 0.0
     assert asdict(overview)["dataset_tag"] == overview.dataset_tag
 
 
-def test_status_column_takes_every_enum_value_and_nothing_else(settings: Settings, built: Path) -> None:
+def test_status_column_takes_every_enum_value_and_nothing_else(
+    settings: Settings, built: Path
+) -> None:
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, "kb")
         for status in store.VersionStatus:

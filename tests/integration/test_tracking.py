@@ -16,7 +16,8 @@ from kbrefresh.db import connect, describe_database
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.evaluation import GateOutcome, load_golden
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import RefreshReport, refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import RefreshReport, run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking.registry import (
@@ -64,7 +65,8 @@ def tracked(settings: Settings, store_uri: str, monkeypatch: pytest.MonkeyPatch)
 
 
 def build(settings: Settings, kb: str, corpus: Path) -> RefreshReport:
-    return refresh(settings, kb, str(corpus), embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
+    return run_refresh(settings, RefreshRequest(kb=kb, source=str(corpus)),
+                       embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
 
 
 def write_golden(corpus: Path, path: Path) -> Path:

@@ -13,7 +13,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import ConfigError, DatabaseError
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.release.traffic import window_samples
 from kbrefresh.settings import Settings
 from tests.support.corpus import write_corpus
@@ -23,10 +24,16 @@ pytestmark = pytest.mark.integration
 SMOKE_ONLY = AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None)
 
 
-def test_window_samples_count_failures_feedback_and_latency(settings: Settings, tmp_path: Path) -> None:
+def test_window_samples_count_failures_feedback_and_latency(
+    settings: Settings, tmp_path: Path
+) -> None:
     write_corpus(tmp_path / "corpus", 8)
-    refresh(settings, "kb", str(tmp_path / "corpus"), embedder=OfflineEmbedder(dims=64),
-            policy=SMOKE_ONLY)
+    run_refresh(
+        settings,
+        RefreshRequest(kb="kb", source=str(tmp_path / "corpus")),
+        embedder=OfflineEmbedder(dims=64),
+        policy=SMOKE_ONLY,
+    )
     start = datetime.now(UTC) - timedelta(seconds=1)
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, "kb")
@@ -48,8 +55,12 @@ def test_window_samples_count_failures_feedback_and_latency(settings: Settings, 
     with connect(settings) as conn:
         samples = window_samples(conn, kb_id, 1, start, datetime.now(UTC) + timedelta(seconds=1))
         other = window_samples(conn, kb_id, 2, start, datetime.now(UTC) + timedelta(seconds=1))
-        errors = [r["error"] for r in conn.execute(
-            "SELECT error FROM query_log WHERE kb_id = %s ORDER BY ts", (kb_id,)).fetchall()]
+        errors = [
+            r["error"]
+            for r in conn.execute(
+                "SELECT error FROM query_log WHERE kb_id = %s ORDER BY ts", (kb_id,)
+            ).fetchall()
+        ]
     assert errors == [None] * 6 + ["UndefinedTable"]
     assert samples.searches == 7
     assert samples.error_rate == pytest.approx(1 / 7)
