@@ -80,12 +80,29 @@ def hit_rate(settings: Any, kb: str, version: int, queries: Sequence[dict[str, A
     return hits / len(queries)
 
 
+def _alias_request_type() -> Any:
+    from dataclasses import replace
+
+    from kbrefresh.models import ChunkerConfig
+    from kbrefresh.refresh.request import RefreshRequest
+
+    class AliasRequest(RefreshRequest):
+        """A refresh request whose chunker adds "New, formerly Old" header lines."""
+
+        aliases: tuple[tuple[str, str], ...] = ()
+
+        def chunker(self) -> ChunkerConfig:
+            return replace(super().chunker(), aliases=self.aliases)
+
+    return AliasRequest
+
+
 def run_corpus(settings: Any, corpus: str, work: Path) -> dict[str, Any]:
     from kbrefresh.db import connect
     from kbrefresh.embedders import OfflineEmbedder
     from kbrefresh.gate.policy import AcceptancePolicy
-    from kbrefresh.models import ChunkerConfig
-    from kbrefresh.refresh.sequence import refresh
+    from kbrefresh.refresh.request import RefreshRequest
+    from kbrefresh.refresh.sequence import run_refresh
     from kbrefresh.retraining.rebrand import (
         find_impact,
         load_rename_map,
@@ -95,6 +112,7 @@ def run_corpus(settings: Any, corpus: str, work: Path) -> dict[str, Any]:
 
     renames = (load_rename_map(HELPCENTER / "golden" / "rename_map.json") if corpus == "helpcenter"
                else parse_rename_map(PYDOC_RENAMES))
+    _AliasRequest = _alias_request_type()
     base, old_q, new_q = queries_for(corpus, renames)
     rebranded = work / f"{corpus}-rebranded"
     changed = write_rebranded_copy(base, rebranded, renames)
@@ -104,14 +122,15 @@ def run_corpus(settings: Any, corpus: str, work: Path) -> dict[str, Any]:
     for variant in ("plain", "alias"):
         kb = f"{corpus}-{variant}"
         embedder = OfflineEmbedder(dims=DIMS)
-        first = refresh(settings, kb, str(base), embedder=embedder, policy=anything)
+        first = run_refresh(settings, RefreshRequest(kb=kb, source=str(base), max_age_days=None),
+                            embedder=embedder, policy=anything)
         started = time.perf_counter()
         with connect(settings) as conn:
             impact = find_impact(conn, kb, renames)
         impact_s = time.perf_counter() - started
-        chunker = ChunkerConfig(aliases=renames.pairs if variant == "alias" else ())
-        second = refresh(settings, kb, str(rebranded), embedder=embedder, chunker=chunker,
-                         policy=anything)
+        aliases = renames.pairs if variant == "alias" else ()
+        request = _AliasRequest(kb=kb, source=str(rebranded), max_age_days=None, aliases=aliases)
+        second = run_refresh(settings, request, embedder=embedder, policy=anything)
         out[variant] = {
             "full_build_chunks": first.chunks_embedded,
             "impact": impact.to_dict() | {"documents": len(impact.documents)},

@@ -12,7 +12,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.evaluation import load_golden
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.retraining.rebrand import parse_rename_map, write_rebranded_copy
 from kbrefresh.retraining.rebrand_expansion import query_expander, save_version_renames
 from kbrefresh.retraining.rebrand_gate import (
@@ -59,10 +60,12 @@ def rebranded_kb(settings: Settings, tmp_path: Path) -> str:
     write_products(tmp_path / "v1")
     write_rebranded_copy(tmp_path / "v1", tmp_path / "v2", RENAMES)
     embedder = OfflineEmbedder(dims=64)
-    refresh(settings, "prod", str(tmp_path / "v1"), embedder=embedder, policy=ANYTHING)
+    run_refresh(settings, RefreshRequest(kb="prod", source=str(tmp_path / "v1")),
+                embedder=embedder, policy=ANYTHING)
     write_golden(tmp_path / "golden.jsonl")
     load_golden(settings, "prod", tmp_path / "golden.jsonl")
-    refresh(settings, "prod", str(tmp_path / "v2"), embedder=embedder, policy=ANYTHING)
+    run_refresh(settings, RefreshRequest(kb="prod", source=str(tmp_path / "v2")),
+                embedder=embedder, policy=ANYTHING)
     with connect(settings) as conn:
         counts = store_rebrand_golden(conn, store.get_kb_id(conn, "prod"), RENAMES)
         conn.commit()

@@ -10,7 +10,8 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import VersionError
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.refresh.sequence import refresh
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.retraining.rebrand import ImpactCount, find_impact, parse_rename_map
 from kbrefresh.settings import Settings
 
@@ -55,8 +56,8 @@ def write_docs(root: Path) -> None:
 
 def test_impact_matches_hand_count(settings: Settings, tmp_path: Path) -> None:
     write_docs(tmp_path / "src")
-    refresh(settings, "hc", str(tmp_path / "src"), embedder=OfflineEmbedder(dims=64),
-            policy=SMOKE_ONLY)
+    run_refresh(settings, RefreshRequest(kb="hc", source=str(tmp_path / "src")),
+                embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
     with connect(settings) as conn:
         report = find_impact(conn, "hc", RENAMES)
     assert report.version == 1
