@@ -30,8 +30,8 @@ def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
 
 
 def write_doc(path: Path, doc_no: int, rng: random.Random, words: list[str], salt: str = "") -> None:
-    parts = [f"---\ntitle: Article {doc_no}{salt}\ncategory: {'technical' if doc_no % 3 else 'general'}\n"
-             f"updated: 2026-11-01\n---\n# Article {doc_no}{salt}\n"]
+    parts = [(f"---\ntitle: Article {doc_no}{salt}\ncategory: {'technical' if doc_no % 3 else 'general'}\n"
+             f"updated: 2026-11-01\n---\n# Article {doc_no}{salt}\n")]
     for s in range(SECTIONS_PER_DOC):
         text = " ".join(rng.choice(words) for _ in range(130))
         parts.append(f"## Section {s}\n\n{text}{salt}.\n")

@@ -28,7 +28,8 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
 import kbrefresh
-from flows import rollback_kb, scheduled_refresh
+from flows import rollback_kb, rollout_step, scheduled_refresh
+from flows.post_deploy_monitor import post_deploy_monitor
 from flows.retraining_check import retraining_check
 from kbrefresh.refresh.request import RefreshRequest
 
@@ -89,7 +90,16 @@ def build_deployments() -> list[RunnerDeployment]:
         parameters={"params": {"kb": defaults.kb, "source": defaults.source}},
         tags=["kbrefresh"],
     ))
-    return [refresh, rollback, check]
+    rollout = cast(RunnerDeployment, rollout_step.to_deployment(
+        name="rollout-step", schedules=[Cron("*/10 * * * *", timezone="UTC")],
+        parameters={"params": {"kb": defaults.kb}}, tags=["kbrefresh", "rollout"],
+    ))
+    # No schedule: publishes create its runs (2-hourly for a day, then daily for a week).
+    monitor = cast(RunnerDeployment, post_deploy_monitor.to_deployment(
+        name="post-deploy-monitor", parameters={"params": {"kb": defaults.kb}},
+        tags=["kbrefresh", "monitor"],
+    ))
+    return [refresh, rollback, check, rollout, monitor]
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flows.rollback import RollbackParameters, rollback_kb
+from flows.rollout_step import ApprovalInput, RolloutStepParameters, rollout_step
 from flows.scheduled_refresh import scheduled_refresh
 
-__all__ = ["RollbackParameters", "rollback_kb", "scheduled_refresh"]
+__all__ = ["ApprovalInput", "RollbackParameters", "RolloutStepParameters", "rollback_kb",
+           "rollout_step", "scheduled_refresh"]

@@ -6,10 +6,14 @@ from typing import Any
 
 from prefect import flow
 
+from kbrefresh.errors import DataQualityError, GateFailed
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
-from kbrefresh.settings import Settings
+from kbrefresh.release.notify import Notice
+from kbrefresh.settings import load_settings
 from tasks import PrefectStepRunner
+from tasks.monitor import schedule_monitoring
+from tasks.notify import run_links, send_notice
 
 
 @flow(name="scheduled-refresh")
@@ -27,6 +31,18 @@ def scheduled_refresh(params: RefreshRequest) -> dict[str, Any]:
     not, it is rejected and live keeps serving. Every build is an MLflow run; a published
     version is a registered model version with alias champion.
     Each step is a task named like the step (the same steps `kbrefresh refresh` runs).
-    Summary: artifact kbrefresh-refresh-<kb>. Undo a swap with the rollback-kb deployment.
+    Summary: artifact kbrefresh-refresh-<kb>. After a swap the post-deploy monitor is
+    scheduled (every 2 h for 24 h, then daily for a week) and on-call is notified; a skipped
+    run notifies too. Undo a swap with the rollback-kb deployment.
     """
-    return run_refresh(Settings(), params, runner=PrefectStepRunner()).as_dict()
+    try:
+        report = run_refresh(load_settings(), params, runner=PrefectStepRunner())
+    except (DataQualityError, GateFailed) as exc:
+        send_notice(Notice("skipped", params.kb, {}, str(exc)[:1000]))  # never raises
+        raise
+    if report.published:
+        schedule_monitoring(params.kb, report.version, params.reason)
+        send_notice(Notice("published", params.kb,
+                           {"live": report.version, "previous": report.from_version},
+                           params.reason, links=run_links(report.mlflow_run_id)))
+    return report.as_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,11 @@ from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+# Installed: the data package kbrefresh._migrations (pyproject maps it to sql/migrations).
+# Run from a checkout (editable or PYTHONPATH): the checkout's own sql/migrations.
+MIGRATIONS_PACKAGE = "kbrefresh._migrations"
+_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT_MIGRATIONS = _CHECKOUT / "sql" / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Arbitrary constant first key of every advisory lock kbrefresh takes ("kb").
 LOCK_NAMESPACE = 0x6B62
@@ -142,16 +148,40 @@ class Migration:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Read ``NNNN_verb_object.sql`` files in order; refuse gaps and odd names."""
+def migrations_source() -> Traversable:
+    """Return where the migrations are: the checkout's sql/migrations, else the installed package.
+
+    Raises:
+        MigrationError: neither exists (a broken installation).
+    """
+    if (_CHECKOUT / "pyproject.toml").is_file() and _CHECKOUT_MIGRATIONS.is_dir():
+        return _CHECKOUT_MIGRATIONS
+    try:
+        return importlib.resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:
+        raise MigrationError(
+            f"no migrations found: neither {str(_CHECKOUT_MIGRATIONS)!r} nor the package "
+            f"{MIGRATIONS_PACKAGE!r} exists; reinstall kbrefresh"
+        ) from None
+
+
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """Read ``NNNN_verb_object.sql`` files in order; refuse gaps, odd names and none at all.
+
+    ``directory`` defaults to :func:`migrations_source`.
+    """
+    source = directory if directory is not None else migrations_source()
+    files = sorted((f for f in source.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    if not files:
+        raise MigrationError(f"no migrations found in {str(source)!r}; reinstall kbrefresh")
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in files:
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
             raise MigrationError(
                 f"migration file {path.name!r} does not match NNNN_verb_object.sql"
             )
-        migrations.append(Migration(int(match.group(1)), path.name, path.read_text("utf-8")))
+        migrations.append(Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
     for expected, migration in enumerate(migrations, start=1):
         if migration.number != expected:
             raise MigrationError(
@@ -161,12 +191,12 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def apply_migrations(
-    conn: psycopg.Connection[Any], directory: Path = MIGRATIONS_DIR
+    conn: psycopg.Connection[Any], directory: Traversable | None = None
 ) -> list[str]:
     """Apply pending migrations in order and return their names.
 
     Raises:
-        MigrationError: an applied migration's file was edited, or one failed.
+        MigrationError: none found, an applied migration's file was edited, or one failed.
     """
     migrations = load_migrations(directory)
     applied_now: list[str] = []

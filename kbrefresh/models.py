@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+
+from kbrefresh.errors import ConfigError
+
+TEMPLATE_FIELDS = ("title", "section", "category", "text")
+_TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
 
 
 def sha256_text(text: str) -> str:
@@ -73,6 +81,28 @@ class ChunkerConfig:
     header_template: str = "{title} › {section}\n\n{text}"
     aliases: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        """Refuse a config that cannot chunk, before anything is created.
+
+        Raises:
+            ConfigError: a size is out of range or the template has unknown
+                placeholders, is not a format string, or lacks ``{text}``.
+        """
+        _check_sizes(self)
+        _check_template(self.header_template)
+
+    def render(self, text: str, *, title: str, section: str, category: str) -> str:
+        """Return ``header_template`` filled in: the text that gets embedded.
+
+        An empty title, section or category is removed together with the separator
+        next to it (``"{title} › {section}"`` renders as just the title), so no
+        dangling ``" › "`` is embedded.
+        """
+        values = {"title": title, "section": section, "category": category}
+        empty = frozenset(name for name, value in values.items() if not value)
+        template = _template_without(self.header_template, empty) if empty else self.header_template
+        return template.format(text=text, **values).strip()
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "max_chars": self.max_chars,
@@ -80,6 +110,58 @@ class ChunkerConfig:
             "min_chars": self.min_chars,
             "header_template": self.header_template,
         }
+
+
+@lru_cache(maxsize=256)
+def _template_without(template: str, empty: frozenset[str]) -> str:
+    """Drop the placeholders in ``empty`` together with one adjacent separator."""
+    for name in sorted(empty):
+        placeholder = r"\{" + name + r"(?:![rsa])?(?::[^{}]*)?\}"
+        before = re.compile(_TEMPLATE_SEPARATOR + placeholder)
+        after = re.compile(placeholder + _TEMPLATE_SEPARATOR)
+        for pattern in (before, after, re.compile(placeholder)):
+            template, count = pattern.subn("", template, count=1)
+            if count:
+                break
+    return template
+
+
+def _check_sizes(config: ChunkerConfig) -> None:
+    if isinstance(config.max_chars, bool) or not isinstance(config.max_chars, int) \
+            or config.max_chars < 1:
+        raise ConfigError(f"max_chars must be at least 1, got {config.max_chars!r}")
+    if not 0 <= config.overlap_chars < config.max_chars:
+        raise ConfigError(
+            f"overlap_chars must be between 0 and max_chars - 1 ({config.max_chars - 1}), "
+            f"got {config.overlap_chars!r}"
+        )
+    if not 0 <= config.min_chars <= config.max_chars:
+        raise ConfigError(
+            f"min_chars must be between 0 and max_chars ({config.max_chars}), "
+            f"got {config.min_chars!r}"
+        )
+
+
+def _check_template(template: str) -> None:
+    valid = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"header_template {template!r} is not a valid format string "
+            f"({exc}); valid placeholders are {valid}"
+        ) from exc
+    unknown = [name for name in names if name is not None and name not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ConfigError(
+            f"header_template uses unknown placeholder {unknown[0]!r}; "
+            f"valid placeholders are {valid}"
+        )
+    if "text" not in names:
+        raise ConfigError(
+            f"header_template {template!r} must contain {{text}}, "
+            "or the chunk itself would not be embedded"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,70 @@
-"""Settings from the environment (``KBREFRESH_*``) with offline defaults."""
+"""Settings from the environment (``KBREFRESH_*``) with offline defaults.
+
+Every field is validated when the settings are read; :func:`load_settings` turns a
+bad value into one :class:`~kbrefresh.errors.ConfigError` naming the variable, the
+value (never a secret's) and what is expected.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kbrefresh.errors import ConfigError
+
+ENV_PREFIX = "KBREFRESH_"
+_MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)\s*$")
+_MEMORY_UNITS = {"kB": 1, "MB": 2**10, "GB": 2**20, "TB": 2**30}  # in kB, as PostgreSQL counts
+MIN_WORK_MEM_KB, MAX_WORK_MEM_KB = 2**10, 64 * 2**20  # 1MB .. 64GB
+
+# What each setting expects, in the words of the one-line error.
+EXPECTED: dict[str, str] = {
+    "database_url": "a postgresql:// URL",
+    "data_dir": "a directory path",
+    "embedder": "'offline' or 'openai'",
+    "embedding_model": "a model name",
+    "embedding_dims": "an integer from 8 to 16000",
+    "openai_base_url": "an http:// or https:// URL",
+    "openai_api_key": "an API key",
+    "openai_timeout_seconds": "a number of seconds > 0 and <= 3600",
+    "openai_max_retries": "an integer from 0 to 20",
+    "embed_batch_size": "an integer from 1 to 2048",
+    "embed_batch_max_chars": "an integer from 1000 to 100000000",
+    "mlflow_tracking_uri": "an MLflow tracking URI (http(s)://, file:, sqlite:///, ... or a path)",
+    "tracking": "true or false",
+    "maintenance_work_mem": "a PostgreSQL memory size from 1MB to 64GB, such as 64MB or 1GB",
+    "keep_versions": "an integer from 1 to 100",
+    "notify_webhook_url": "an http:// or https:// URL",
+    "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
+    "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
+}
+SECRETS = frozenset({"database_url", "openai_api_key", "notify_webhook_url"})
 
 
 def default_data_dir() -> Path:
     return Path(user_data_dir("kbrefresh", appauthor=False))
+
+
+def memory_kb(value: str) -> int:
+    """Return a PostgreSQL memory size such as ``64MB`` in kB.
+
+    Raises:
+        ConfigError: not ``<integer><kB|MB|GB|TB>`` or outside 1MB..64GB.
+    """
+    match = _MEMORY.match(value)
+    if match is None:
+        raise ConfigError(f"memory size {value!r} is not <integer><kB|MB|GB|TB>")
+    size = int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
+    if not MIN_WORK_MEM_KB <= size <= MAX_WORK_MEM_KB:
+        raise ConfigError(f"memory size {value!r} is outside 1MB..64GB")
+    return size
 
 
 class Settings(BaseSettings):
@@ -21,35 +74,118 @@ class Settings(BaseSettings):
     whose data directory lives under ``data_dir``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="KBREFRESH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: SecretStr | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
 
     embedder: str = "offline"  # "offline" | "openai"
-    embedding_model: str = "text-embedding-3-small"
+    embedding_model: str = Field(default="text-embedding-3-small", min_length=1)
     embedding_dims: int | None = Field(default=None, ge=8, le=16000)
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
-    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    openai_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     openai_max_retries: int = Field(default=5, ge=0, le=20)
     embed_batch_size: int = Field(default=256, ge=1, le=2048)
-    embed_batch_max_chars: int = Field(default=400_000, ge=1000)
+    embed_batch_max_chars: int = Field(default=400_000, ge=1000, le=100_000_000)
 
-    mlflow_tracking_uri: str | None = None
+    mlflow_tracking_uri: str | None = Field(default=None, min_length=1)
     tracking: bool = True  # every build an MLflow run, versions registered with aliases
 
     maintenance_work_mem: str = "1GB"
     keep_versions: int = Field(default=2, ge=1, le=100)
 
+    # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
+    # receives JSON, and Prefect notification blocks by name ("slack-oncall,email-ml").
+    notify_webhook_url: SecretStr | None = None
+    notify_blocks: str = ""
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
     @field_validator("embedder")
     @classmethod
     def _known_embedder(cls, value: str) -> str:
         if value not in {"offline", "openai"}:
-            raise ValueError(f"unknown embedder {value!r}; expected 'offline' or 'openai'")
+            raise ValueError(f"unknown embedder {value!r}")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in {
+            "postgresql", "postgres"
+        }:
+            raise ValueError("not a postgresql:// URL")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ValueError("not an http(s) URL")
+        return value
+
+    @field_validator("notify_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @field_validator("notify_blocks")
+    @classmethod
+    def _block_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any("/" not in n or n.startswith("/") or n.endswith("/") for n in names):
+            raise ValueError("not block-type/name pairs")
+        return value
+
+    @field_validator("maintenance_work_mem")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        try:
+            memory_kb(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value.strip()
 
     def resolved_openai_key(self) -> str | None:
         if self.openai_api_key is not None:
             return self.openai_api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment (and ``overrides``).
+
+    Raises:
+        ConfigError: one line per bad setting, joined by "; ": the variable, its value
+            (hidden for secrets) and what is expected.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Return one line naming every bad setting of ``exc``."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = f"{ENV_PREFIX}{field.upper()}"
+        shown = "(value hidden)" if field in SECRETS else f"{_raw(error.get('input'))!r}"
+        problems.append(f"{name}={shown} is invalid: expected {EXPECTED.get(field, 'a valid value')}")
+    return "; ".join(problems)
+
+
+def _raw(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value

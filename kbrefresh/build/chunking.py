@@ -13,17 +13,13 @@ editing one section leaves the chunks (and hashes) of every other section unchan
 except that a section shorter than ``min_chars`` is carried into the next chunk of
 the document (or, at the end, appended to the previous one) instead of standing alone.
 
-``embed_text`` is ``header_template`` filled with title, section, category and text.
-When the title, section or category is empty, its placeholder is removed together
-with the separator next to it (``"{title} › {section}"`` renders as just the title),
-so no dangling ``" › "`` is embedded.
+``embed_text`` is ``header_template`` filled in (:meth:`ChunkerConfig.render`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,13 +29,12 @@ from bs4.element import NavigableString, PreformattedString, Tag
 from markdown_it import MarkdownIt
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.models import Chunk, ChunkerConfig, Document, sha256_text
+from kbrefresh.models import TEMPLATE_FIELDS, Chunk, ChunkerConfig, Document, sha256_text
 
 __all__ = ["TEMPLATE_FIELDS", "chunk_document", "chunk_documents"]
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_FIELDS = ("title", "section", "category", "text")
 SECTION_SEPARATOR = " › "
 _BLOCK_SEP = "\n\n"
 _PARAGRAPHS = (re.compile(r"\n[ \t]*\n\s*"), "\n\n")
@@ -61,22 +56,21 @@ _HTML_CONTAINERS = frozenset(
 )
 _HTML_BLOCKS = _HTML_PARAGRAPHS | _HTML_CONTAINERS | set(_HTML_HEADINGS)
 _HTML_BLOCKS |= {"pre", "ul", "ol", "table", "hr"}
-_TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
 
 
 def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     """Return the chunks of ``doc``, numbered from 0, identical for identical input.
 
     Raises:
-        ConfigError: ``config`` is out of range, its template has unknown
-            placeholders, or ``doc.format`` is not markdown, html or text.
+        ConfigError: ``doc.format`` is not markdown, html or text (a bad ``config``
+            is refused when it is constructed).
     """
-    _check_config(config)
     sections = _parse(doc)
     pieces = _section_texts(sections, config)
     chunks = []
     for index, (section, text) in enumerate(pieces):
-        embed_text = _render(config.header_template, doc, section, text)
+        embed_text = config.render(text, title=doc.title.strip(), section=section,
+                                   category=doc.category)
         if config.aliases:
             embed_text = _with_aliases(embed_text, config.aliases)
         chunks.append(
@@ -95,69 +89,11 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
 
 def chunk_documents(docs: Iterable[Document], config: ChunkerConfig) -> Iterator[Chunk]:
     """Yield the chunks of every document in order (lazily, one document at a time)."""
-    _check_config(config)
     for doc in docs:
         yield from chunk_document(doc, config)
 
 
-# -- configuration and template ----------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def _check_config(config: ChunkerConfig) -> None:
-    if config.max_chars < 1:
-        raise ConfigError(f"max_chars must be at least 1, got {config.max_chars!r}")
-    if not 0 <= config.overlap_chars < config.max_chars:
-        raise ConfigError(
-            f"overlap_chars must be between 0 and max_chars - 1 ({config.max_chars - 1}), "
-            f"got {config.overlap_chars!r}"
-        )
-    if not 0 <= config.min_chars <= config.max_chars:
-        raise ConfigError(
-            f"min_chars must be between 0 and max_chars ({config.max_chars}), "
-            f"got {config.min_chars!r}"
-        )
-    valid = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(config.header_template)]
-    except ValueError as exc:
-        raise ConfigError(
-            f"header_template {config.header_template!r} is not a valid format string "
-            f"({exc}); valid placeholders are {valid}"
-        ) from exc
-    unknown = [name for name in names if name is not None and name not in TEMPLATE_FIELDS]
-    if unknown:
-        raise ConfigError(
-            f"header_template uses unknown placeholder {unknown[0]!r}; "
-            f"valid placeholders are {valid}"
-        )
-    if "text" not in names:
-        raise ConfigError(
-            f"header_template {config.header_template!r} must contain {{text}}, "
-            "or the chunk itself would not be embedded"
-        )
-
-
-@lru_cache(maxsize=256)
-def _template_without(template: str, empty: frozenset[str]) -> str:
-    """Drop the placeholders in ``empty`` together with one adjacent separator."""
-    for name in sorted(empty):
-        placeholder = r"\{" + name + r"(?:![rsa])?(?::[^{}]*)?\}"
-        before = re.compile(_TEMPLATE_SEPARATOR + placeholder)
-        after = re.compile(placeholder + _TEMPLATE_SEPARATOR)
-        for pattern in (before, after, re.compile(placeholder)):
-            template, count = pattern.subn("", template, count=1)
-            if count:
-                break
-    return template
-
-
-def _render(template: str, doc: Document, section: str, text: str) -> str:
-    values = {"title": doc.title.strip(), "section": section, "category": doc.category}
-    empty = frozenset(name for name, value in values.items() if not value)
-    if empty:
-        template = _template_without(template, empty)
-    return template.format(text=text, **values).strip()
+# -- rebrand aliases ----------------------------------------------------------------
 
 
 def _with_aliases(embed_text: str, aliases: tuple[tuple[str, str], ...]) -> str:

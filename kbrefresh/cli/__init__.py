@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kbrefresh.cli import admin  # noqa: F401  (registers its commands on app)
-from kbrefresh.cli.main import app, main
+from kbrefresh.cli import admin, demo, monitor, rollout  # noqa: F401  (register their commands)
+from kbrefresh.cli._common import app
+from kbrefresh.cli.main import main
 
 __all__ = ["app", "main"]

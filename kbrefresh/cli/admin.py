@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from kbrefresh._text import num
-from kbrefresh.cli.main import (
+from kbrefresh.cli._common import (
+    Col,
+    JsonOpt,
     KbOpt,
-    _errors,
-    _print_report,
-    _run_refresh,
-    _settings,
+    WideOpt,
     app,
     console,
+    errors,
+    listing_table,
+    num,
+    print_json,
+    print_table,
+    read_settings,
 )
+from kbrefresh.cli._views import print_report, run_refresh
 from kbrefresh.errors import ConfigError
 from kbrefresh.retraining.check import (
     SCHEDULE_DELAY_DAYS,
@@ -38,14 +42,21 @@ def check_cmd(
     query: Annotated[str | None, typer.Option(help="SQL query when --source is a URL.")] = None,
     policy: Annotated[Path | None, typer.Option(help="Trigger thresholds file (YAML/TOML).")] = None,
     run: Annotated[bool, typer.Option("--run", help="Refresh now if the decision says so.")] = False,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure the retraining triggers of a KB, decide, and record the decision."""
-    settings = _settings()
-    with _errors():
+    settings = read_settings()
+    with errors():
+        if as_json and run:
+            raise ConfigError("--json prints the check only; it cannot be combined with --run")
         thresholds, options = load_check_policy(policy) if policy else (None, None)
         result = run_check(settings, kb, source=source, query=query, policy=thresholds,
                            options=options, record=False)
-        _print_check(result)
+        if as_json:
+            print_json(check_json(result))
+        else:
+            _print_check(result, wide=wide)
         action, delay = result.decision.action, SCHEDULE_DELAY_DAYS.get(result.decision.action)
         due_now = action in (Action.RUN_NOW, Action.WITHIN_24H)
         if run and due_now and source is None:
@@ -53,9 +64,11 @@ def check_cmd(
         refreshing = run and due_now
         record_decision(settings, result, dispatched={
             "mode": "cli", "run": run, "refresh": "in-process" if refreshing else None})
+        if as_json:
+            return
         if refreshing and source is not None:
-            _print_report(_run_refresh(settings, kb=kb, source=source, query=query,
-                                       reason=result.retrain_reason))
+            print_report(run_refresh(settings, kb=kb, source=source, query=query,
+                                     reason=result.retrain_reason))
         elif delay is not None:
             console.print(escape(f"would schedule a refresh in {delay:g} days (the retraining-check "
                                  "flow does on Prefect); `kbrefresh refresh` runs one now"))
@@ -67,15 +80,34 @@ def check_cmd(
                                                 else "no retrain is due"))
 
 
-def _print_check(result: CheckResult) -> None:
+SIGNAL_COLUMNS = (
+    Col("signal", "signal"), Col("value", "value", justify="right"),
+    Col("severity", "severity"), Col("action", "action"),
+    Col("reason", "reason", text=True, wide=True),
+)
+
+
+def check_json(result: CheckResult) -> dict[str, Any]:
+    """Return the check's decision, signals and drift as JSON-able data (stable keys)."""
     d = result.decision
-    table = Table(title=escape(f"retraining check of {result.kb!r}"))
-    for col in ("signal", "value", "severity", "action", "reason"):
-        table.add_column(col, overflow="fold")
-    for s in d.signals:
-        name = f"[bold]{escape(s.name)} ←[/]" if s is d.driver else escape(s.name)
-        table.add_row(name, num(s.value), s.severity, s.action.value, escape(s.reason))
-    console.print(table)
+    return {
+        "kb": result.kb, "checked_at": result.checked_at.isoformat(),
+        "decision": {"action": d.action.value, "urgency": d.urgency, "driver": d.driver.name,
+                     "alert": d.alert, "summary": d.summary},
+        "signals": [{"signal": s.name, "value": s.value, "severity": s.severity,
+                     "action": s.action.value, "reason": s.reason} for s in d.signals],
+        "drift": [{"view": v.view, "kl": v.kl, "psi": v.psi, "js": v.js,
+                   "severity": v.severity, "grown": [str(g) for g in v.grown]}
+                  for v in result.drift.views],
+    }
+
+
+def _print_check(result: CheckResult, *, wide: bool) -> None:
+    data, d = check_json(result), result.decision
+    rows = [dict(s, signal=f"{s['signal']} ←" if s["signal"] == d.driver.name else s["signal"])
+            for s in data["signals"]]
+    print_table(listing_table(f"retraining check of {result.kb!r}", SIGNAL_COLUMNS, rows,
+                              wide=wide), wide=wide)
     for view in result.drift.views:
         grown = ", ".join(str(g) for g in view.grown) or "no segment grew"
         console.print(escape(f"drift by {view.view}: KL {num(view.kl)}, PSI {num(view.psi)}, "
@@ -95,8 +127,8 @@ def registry_sync(
     """Repair the registry from the routing: champion = live, challenger = canary."""
     from kbrefresh.tracking.registry import sync_registry
 
-    settings = _settings()
-    with _errors():
+    settings = read_settings()
+    with errors():
         changes = sync_registry(settings, kb)
     for line in changes or ["registry already matches the routing"]:
         console.print(escape(line))

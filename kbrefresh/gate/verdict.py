@@ -1,9 +1,12 @@
-"""The validation gate: judge a candidate's metrics against the live version's.
+"""The validation gate: judge a candidate's results against the live version's.
 
-Pure: takes metric tables, sizes and smoke failures, returns a :class:`Verdict`.
-Value thresholds always apply; change thresholds and the size ratio need a live
-baseline, so a first version is judged on value thresholds (and smoke) only. A
-metric the policy names but that could not be computed fails its rule.
+Pure: takes per-query results of both versions on the same golden queries, sizes
+and smoke failures, returns a :class:`Verdict`. Value thresholds always apply;
+change thresholds, the disparity increase and the size ratio need a live baseline,
+so a first version is judged on value thresholds (and smoke) only. Change rules on
+quality metrics are paired and noise-aware (:mod:`kbrefresh.gate.comparison`);
+latency and size are compared as measured. A metric the policy names but that
+could not be computed fails its rule.
 """
 
 from __future__ import annotations
@@ -14,34 +17,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kbrefresh.errors import ConfigError
-from kbrefresh.gate.metrics import MetricTable, slice_disparity
-from kbrefresh.gate.policy import (
-    ALL_SLICES,
-    AcceptancePolicy,
-    ChangeThreshold,
-    DisparityRule,
-    MetricRule,
-)
+from kbrefresh.gate.comparison import PairedScores, disparity_results, paired_change_results
+from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, per_query_scores
+from kbrefresh.gate.policy import ALL_SLICES, AcceptancePolicy, ChangeThreshold, MetricRule
+from kbrefresh.gate.rules import RuleResult, fmt, judge, label, missing, with_reason
+
+__all__ = ["RuleResult", "Verdict", "evaluate_gate"]
 
 logger = logging.getLogger(__name__)
 
-# Float noise (0.8 - 0.02 == 0.7800000000000001) must not fail a value sitting on its threshold.
-_EPSILON = 1e-9
 _SMOKE_SHOWN = 3
-
-
-@dataclass(frozen=True)
-class RuleResult:
-    """One checked threshold: what was measured, against what, and why it passed or failed."""
-
-    name: str
-    metric: str
-    slice: str | None
-    value: float | None
-    baseline: float | None
-    threshold: float | None
-    passed: bool
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +37,10 @@ class Verdict:
     first_version: bool
     rules: tuple[RuleResult, ...]
     summary: str
+    # Golden queries left out of the comparison: every relevant document was deleted at
+    # the source (stale labels), or exists only in the candidate (coverage gained).
+    stale_queries: tuple[str, ...] = ()
+    coverage_gained: tuple[str, ...] = ()
 
     @property
     def failed_rules(self) -> tuple[RuleResult, ...]:
@@ -64,6 +53,8 @@ class Verdict:
             "first_version": self.first_version,
             "summary": self.summary,
             "rules": [asdict(rule) for rule in self.rules],
+            "stale_queries": list(self.stale_queries),
+            "coverage_gained": list(self.coverage_gained),
         }
 
     @classmethod
@@ -79,6 +70,8 @@ class Verdict:
                 first_version=bool(data["first_version"]),
                 rules=tuple(RuleResult(**rule) for rule in data["rules"]),
                 summary=str(data["summary"]),
+                stale_queries=tuple(data.get("stale_queries", ())),
+                coverage_gained=tuple(data.get("coverage_gained", ())),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(
@@ -89,39 +82,63 @@ class Verdict:
         """Return a markdown report: a decision line, the summary and a table of rules."""
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"**Validation gate: {status}**", "", self.summary, ""]
-        lines.append("| Rule | Value | Live | Threshold | Result | Reason |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| Rule | Live | Candidate | Δ | CI | n | Threshold | Result | Reason |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for rule in self.rules:
             cells = (
                 rule.name,
-                _fmt(rule.value),
-                _fmt(rule.baseline),
-                _fmt(rule.threshold),
+                fmt(rule.baseline),
+                fmt(rule.value),
+                fmt(rule.delta),
+                interval(rule),
+                "–" if rule.n is None else str(rule.n),
+                fmt(rule.threshold),
                 "pass" if rule.passed else "**FAIL**",
                 rule.reason,
             )
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        for title, queries in (("Stale golden queries (left out)", self.stale_queries),
+                               ("Coverage gained (left out)", self.coverage_gained)):
+            if queries:
+                lines += ["", f"**{title}:** " + "; ".join(repr(q) for q in queries)]
         lines += ["", f"**Decision:** {_decision(self)}"]
         return "\n".join(lines)
 
 
 def evaluate_gate(
-    candidate: MetricTable,
-    live: MetricTable | None,
+    candidate: Sequence[QueryResult],
+    live: Sequence[QueryResult] | None,
     policy: AcceptancePolicy,
     *,
     candidate_size_bytes: int,
     live_size_bytes: int | None,
     smoke_failures: Sequence[str],
+    stale_queries: Sequence[str] = (),
+    coverage_gained: Sequence[str] = (),
 ) -> Verdict:
-    """Judge ``candidate`` against ``live`` (None for a first version) under ``policy``."""
+    """Judge ``candidate`` against ``live`` (None for a first version) under ``policy``.
+
+    ``candidate`` and ``live`` hold the same compared queries in one order;
+    ``stale_queries`` and ``coverage_gained`` were left out and are only reported.
+
+    Raises:
+        ConfigError: the two result lists do not hold the same queries.
+    """
+    k, ndcg_k = policy.k, policy.ndcg_k
+    table = aggregate(candidate, k=k, ndcg_k=ndcg_k)
+    live_table = aggregate(live, k=k, ndcg_k=ndcg_k) if live is not None else None
+    paired = PairedScores.from_results(candidate, live, k, ndcg_k) if live is not None else None
     results: list[RuleResult] = []
     if policy.require_smoke:
         results.append(_smoke_result(smoke_failures))
     for rule in policy.rules:
-        results += _metric_rule_results(rule, candidate, live)
+        results += _metric_rule_results(rule, table, live_table, paired, policy)
+    slices = [r.slice for r in candidate]
+    scores = paired.candidate if paired else per_query_scores(candidate, k, ndcg_k)
     for disparity in policy.max_slice_disparity:
-        results.append(_disparity_result(disparity, candidate))
+        results += disparity_results(
+            disparity, slices, scores, paired.live if paired else None, policy
+        )
     if live is not None and policy.max_size_ratio is not None:
         results.append(_size_result(policy.max_size_ratio, candidate_size_bytes, live_size_bytes))
     passed = all(result.passed for result in results)
@@ -129,14 +146,28 @@ def evaluate_gate(
         passed=passed,
         first_version=live is None,
         rules=tuple(results),
-        summary=_summary(results, first_version=live is None),
+        summary=_summary(results, first_version=live is None, stale=len(stale_queries),
+                         gained=len(coverage_gained)),
+        stale_queries=tuple(stale_queries),
+        coverage_gained=tuple(coverage_gained),
     )
     logger.info("validation gate %s: %s", "passed" if passed else "failed", verdict.summary)
     return verdict
 
 
+def interval(rule: RuleResult) -> str:
+    """Return ``[low, high]`` of a paired rule's interval, or "–"."""
+    if rule.ci_low is None or rule.ci_high is None:
+        return "–"
+    return f"[{rule.ci_low:+.3f}, {rule.ci_high:+.3f}]"
+
+
 def _metric_rule_results(
-    rule: MetricRule, candidate: MetricTable, live: MetricTable | None
+    rule: MetricRule,
+    candidate: MetricTable,
+    live: MetricTable | None,
+    paired: PairedScores | None,
+    policy: AcceptancePolicy,
 ) -> list[RuleResult]:
     has_bounds = rule.lower_bound is not None or rule.upper_bound is not None
     change = rule.change if live is not None else None
@@ -144,24 +175,27 @@ def _metric_rule_results(
         return []
     slices: Sequence[str | None] = [rule.slice]
     if rule.slice == ALL_SLICES:
-        names = set(candidate.slices) | (set(live.slices) if live and change else set())
-        slices = sorted(names)
+        slices = list(candidate.slices)
         if not slices:
-            label = _label(rule.metric, ALL_SLICES)
-            return [_missing(label, rule.metric, ALL_SLICES, "any slice of the candidate")]
+            name = label(rule.metric, ALL_SLICES)
+            return [missing(name, rule.metric, ALL_SLICES, "any slice of the candidate")]
     results: list[RuleResult] = []
     for slice_ in slices:
         value = candidate.get(rule.metric, slice_)
-        label = _label(rule.metric, slice_)
+        name = label(rule.metric, slice_)
         if rule.lower_bound is not None:
-            name = f"{label} ≥ {_fmt(rule.lower_bound)}"
-            results.append(_judge(name, rule.metric, slice_, value, None, rule.lower_bound, "≥"))
+            bound = f"{name} ≥ {fmt(rule.lower_bound)}"
+            results.append(judge(bound, rule.metric, slice_, value, None, rule.lower_bound, "≥"))
         if rule.upper_bound is not None:
-            name = f"{label} ≤ {_fmt(rule.upper_bound)}"
-            results.append(_judge(name, rule.metric, slice_, value, None, rule.upper_bound, "≤"))
-        if change is not None and live is not None:
-            baseline = live.get(rule.metric, slice_)
-            results += _change_results(rule.metric, slice_, value, baseline, change)
+            bound = f"{name} ≤ {fmt(rule.upper_bound)}"
+            results.append(judge(bound, rule.metric, slice_, value, None, rule.upper_bound, "≤"))
+        if change is None or live is None:
+            continue
+        if paired is not None and rule.metric in paired.candidate:
+            results += paired_change_results(rule.metric, slice_, paired, change, policy)
+        else:
+            results += _change_results(rule.metric, slice_, value, live.get(rule.metric, slice_),
+                                       change)
     return results
 
 
@@ -172,49 +206,37 @@ def _change_results(
     baseline: float | None,
     change: ChangeThreshold,
 ) -> list[RuleResult]:
+    """Compare a measured value (latency percentiles) with its threshold as measured."""
     higher = change.direction == "higher_is_better"
     op = "≥" if higher else "≤"
     sign = -1.0 if higher else 1.0
-    label = _label(metric, slice_)
+    name = label(metric, slice_)
     # (name, factor, offset): threshold = baseline × factor + offset
     checks: list[tuple[str, float, float]] = []
     if change.absolute is not None:
         minus_plus = "−" if higher else "+"
-        name = f"{label} {op} live {minus_plus} {_fmt(change.absolute)}"
-        checks.append((name, 1.0, sign * change.absolute))
+        checks.append((f"{name} {op} live {minus_plus} {fmt(change.absolute)}", 1.0,
+                       sign * change.absolute))
     if change.relative is not None:
         factor = 1.0 + sign * change.relative
-        slack = f" {'−' if higher else '+'} {_fmt(change.slack)}" if change.slack else ""
-        checks.append((f"{label} {op} live × {_fmt(factor)}{slack}", factor, sign * change.slack))
+        slack = f" {'−' if higher else '+'} {fmt(change.slack)}" if change.slack else ""
+        checks.append((f"{name} {op} live × {fmt(factor)}{slack}", factor, sign * change.slack))
     if baseline is None:
         return [
-            _missing(name, metric, slice_, "the live baseline", value=value)
-            for name, _, _ in checks
+            missing(check, metric, slice_, "the live baseline", value=value)
+            for check, _, _ in checks
         ]
     return [
-        _judge(name, metric, slice_, value, baseline, baseline * factor + offset, op)
-        for name, factor, offset in checks
+        judge(check, metric, slice_, value, baseline, baseline * factor + offset, op)
+        for check, factor, offset in checks
     ]
 
 
-def _disparity_result(rule: DisparityRule, candidate: MetricTable) -> RuleResult:
-    name = f"{rule.metric} slice disparity ≤ {_fmt(rule.max)}"
-    try:
-        gap = slice_disparity(candidate, rule.metric)
-    except ConfigError:
-        return _missing(name, rule.metric, ALL_SLICES, "all slices of the candidate")
-    result = _judge(name, rule.metric, ALL_SLICES, gap, None, rule.max, "≤")
-    by_slice = {s: candidate.get(rule.metric, s) or 0.0 for s in candidate.slices}
-    low, high = min(by_slice, key=by_slice.__getitem__), max(by_slice, key=by_slice.__getitem__)
-    spread = f"{high} {_fmt(by_slice[high])}, {low} {_fmt(by_slice[low])}"
-    return _with_reason(result, f"{result.reason} ({spread})")
-
-
 def _size_result(max_ratio: float, candidate_bytes: int, live_bytes: int | None) -> RuleResult:
-    name = f"size ≤ live × {_fmt(max_ratio)}"
+    name = f"size ≤ live × {fmt(max_ratio)}"
     if live_bytes is None or live_bytes <= 0:
-        return _missing(name, "size_bytes", None, "the live baseline", value=float(candidate_bytes))
-    result = _judge(
+        return missing(name, "size_bytes", None, "the live baseline", value=float(candidate_bytes))
+    result = judge(
         name,
         "size_bytes",
         None,
@@ -224,7 +246,7 @@ def _size_result(max_ratio: float, candidate_bytes: int, live_bytes: int | None)
         "≤",
     )
     ratio = candidate_bytes / live_bytes
-    return _with_reason(result, f"{result.reason} bytes ({_fmt(ratio)}× live)")
+    return with_reason(result, f"{result.reason} bytes ({fmt(ratio)}× live)")
 
 
 def _smoke_result(failures: Sequence[str]) -> RuleResult:
@@ -247,62 +269,20 @@ def _smoke_result(failures: Sequence[str]) -> RuleResult:
     )
 
 
-def _judge(
-    name: str,
-    metric: str,
-    slice_: str | None,
-    value: float | None,
-    baseline: float | None,
-    threshold: float,
-    op: str,
-) -> RuleResult:
-    if value is None:
-        return _missing(name, metric, slice_, "the candidate", baseline=baseline)
-    if op == "≥":
-        passed = value >= threshold - _EPSILON
-        shown_op = "≥" if passed else "<"
-    else:
-        passed = value <= threshold + _EPSILON
-        shown_op = "≤" if passed else ">"
-    reason = f"{_fmt(value)} {shown_op} {_fmt(threshold)}"
-    return RuleResult(name, metric, slice_, value, baseline, threshold, passed, reason)
-
-
-def _missing(
-    name: str,
-    metric: str,
-    slice_: str | None,
-    whose: str,
-    *,
-    value: float | None = None,
-    baseline: float | None = None,
-) -> RuleResult:
-    reason = f"metric {_label(metric, slice_)!r} could not be computed for {whose}"
-    return RuleResult(name, metric, slice_, value, baseline, None, False, reason)
-
-
-def _with_reason(result: RuleResult, reason: str) -> RuleResult:
-    return RuleResult(**{**asdict(result), "reason": reason})
-
-
-def _label(metric: str, slice_: str | None) -> str:
-    return metric if slice_ is None else f"{metric} [{slice_}]"
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value.is_integer() and abs(value) >= 10_000:
-        return f"{int(value):,}"
-    return f"{value:.4g}"
-
-
-def _summary(results: Sequence[RuleResult], *, first_version: bool) -> str:
+def _summary(
+    results: Sequence[RuleResult], *, first_version: bool, stale: int = 0, gained: int = 0
+) -> str:
     prefix = (
         "First version, no live baseline: judged on value thresholds only. "
         if first_version
         else ""
     )
+    if stale:
+        prefix += (f"{stale} golden quer{'ies are' if stale > 1 else 'y is'} answerable only by "
+                   "deleted documents: left out (archive with `kbrefresh golden prune`). ")
+    if gained:
+        prefix += (f"{gained} golden quer{'ies are' if gained > 1 else 'y is'} answerable only by "
+                   "documents new in the candidate: coverage gained, left out. ")
     failed = [result for result in results if not result.passed]
     if not failed:
         against = "" if first_version else " against the live version"

@@ -67,15 +67,18 @@ class RefreshRequest(BaseModel):
     lock_wait_seconds: float = Field(default=0, ge=0, le=3600,
                                      description="Seconds to wait for a running refresh")
     reason: Reason = "scheduled refresh"
+    publish: bool = Field(default=True, description="Swap live after the gate; false keeps "
+                          "the gated candidate out of traffic for a canary or A/B rollout")
     policy_file: Annotated[str | None, AfterValidator(_loadable_policy)] = Field(
         default=None, min_length=1,
         description="Acceptance policy file (YAML/TOML); empty means the default policy")
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> RefreshRequest:
-        if self.overlap_chars >= self.max_chars:
-            raise ValueError(f"overlap_chars ({self.overlap_chars}) must be below "
-                             f"max_chars ({self.max_chars})")
+    def _valid_chunker(self) -> RefreshRequest:
+        try:  # the chunker's own rules, checked before anything is created
+            self.chunker()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def chunker(self) -> ChunkerConfig:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from kbrefresh.build.embedding import EmbedStats
+from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.errors import GateFailed
@@ -159,7 +160,7 @@ class RefreshReport:
     full_build: bool
     estimated_tokens: int
     from_version: int | None
-    live_version: int
+    live_version: int | None
     archived: list[int]
     verdict: Verdict | None = None
     golden: str = ""
@@ -169,10 +170,12 @@ class RefreshReport:
     mlflow_run_id: str | None = None
     model_version: str | None = None
     warnings: list[str] = field(default_factory=list)
+    published: bool = True
 
     def summary(self) -> str:
+        state = "is live" if self.published else "passed the gate and waits for a rollout"
         return (
-            f"{self.kb!r} v{self.version} ({self.dataset_tag}) is live"
+            f"{self.kb!r} v{self.version} ({self.dataset_tag}) {state}"
             f"{f' (was v{self.from_version})' if self.from_version else ''}: "
             f"{self.documents} documents, {self.chunks} chunks; embedded {self.chunks_embedded}, "
             f"reused {self.chunks_reused}, removed {self.chunks_removed}"
@@ -191,11 +194,12 @@ def run_refresh(
     hooks: RefreshHooks | None = None,
     embedder: Embedder | None = None,
     policy: AcceptancePolicy | None = None,
+    quality: QualityPolicy | None = None,
 ) -> RefreshReport:
     """Build a new version of ``request.kb`` from its source, validate it and swap it live.
 
-    ``embedder`` and ``policy`` replace the configured embedder and the request's policy
-    file (tests and benchmarks hold them as objects).
+    ``embedder``, ``policy`` and ``quality`` replace the configured embedder, the request's
+    policy file and its quality limits (tests and benchmarks hold them as objects).
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
@@ -217,7 +221,7 @@ def run_refresh(
         try:
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
-                            quality=request.quality_policy())
+                            quality=quality or request.quality_policy())
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             stats = step(steps.embed_changed, settings, ticket, embedder=embedder,
@@ -239,8 +243,11 @@ def run_refresh(
         if outcome is None or not outcome.verdict.passed:
             raise GateFailed(steps.rejection_message(ticket, smoke, outcome),
                              verdict=outcome.as_dict() if outcome else smoke.as_dict())
-        published = step(steps.publish_version, settings, ticket, reason=request.reason,
-                         flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
+        if request.publish:
+            published = step(steps.publish_version, settings, ticket, reason=request.reason,
+                             flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
+        else:
+            published = step(steps.stage_version, settings, ticket)
     registry_warning = step(steps.sync_aliases, settings, request.kb)
     report = make_report(ticket, prepared, plan, stats, reuse, published, step.seconds,
                          outcome=outcome, record=record, registry_warning=registry_warning)
@@ -275,4 +282,5 @@ def make_report(
         golden=outcome.evaluation.golden if outcome else "", seconds=dict(seconds),
         mlflow_run_id=record.run_id, model_version=record.model_version,
         warnings=[w for w in (record.warning, registry_warning) if w],
+        published=published.to_version == ticket.version,
     )

@@ -302,7 +302,7 @@ def rejection_message(
 @dataclass(frozen=True)
 class PublishResult:
     from_version: int | None
-    to_version: int
+    to_version: int | None
     archived: list[int]
 
 
@@ -317,6 +317,13 @@ def publish_version(
         build.clear_staging(conn, ticket.kb_id, ticket.version)
         archived = routing.retire_old_versions(conn, ticket.kb_id, keep_versions or settings.keep_versions)
     return PublishResult(change.from_version, change.to_version, archived)
+
+
+def stage_version(settings: Settings, ticket: BuildTicket) -> PublishResult:
+    """Keep a gated candidate out of traffic (for a rollout to deliver); live is unchanged."""
+    with connect(settings, autocommit=True) as conn:
+        build.clear_staging(conn, ticket.kb_id, ticket.version)
+    return PublishResult(ticket.live_version, ticket.live_version, [])
 
 
 def record_build(

@@ -33,6 +33,7 @@ from kbrefresh.retraining.triggers import (
     decide,
     quality_signal,
 )
+from kbrefresh.retraining.volume import SourceVolume, source_volume
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class CheckResult:
     satisfaction: measure.Satisfaction
     golden: measure.GoldenAccuracy | None
     drift: measure.QueryDrift
-    volume: measure.SourceVolume | None
+    volume: SourceVolume | None
     decision_id: int | None = None
     dispatched: dict[str, Any] | None = None
 
@@ -237,7 +238,7 @@ def run_check(
             kl_thresholds=(policy.drift_moderate_kl, policy.drift_severe_kl),
         )
     golden = measure.golden_accuracy_drop(settings, kb) if options.golden else None
-    volume = measure.source_volume(settings, kb, source, query, now=now) if source else None
+    volume = source_volume(settings, kb, source, query, now=now) if source else None
     decision = decide(_signals(policy, days, sat, golden, drift, volume))
     result = CheckResult(kb, now, decision, days, sat, golden, drift, volume)
     logger.info("check of %r: %s", kb, decision.summary)
@@ -250,7 +251,7 @@ def _signals(
     sat: measure.Satisfaction,
     golden: measure.GoldenAccuracy | None,
     drift: measure.QueryDrift,
-    volume: measure.SourceVolume | None,
+    volume: SourceVolume | None,
 ) -> list[Signal]:
     """Signals in tie-break order: the first of equally urgent signals drives.
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.evaluation import GateOutcome, run_gate, stored_golden
 from kbrefresh.gate.golden import GoldenQuery
-from kbrefresh.gate.metrics import MetricTable
+from kbrefresh.gate.metrics import QueryResult, per_query_scores
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
+from kbrefresh.gate.rules import EPSILON
+from kbrefresh.gate.statistics import Difference, hit_difference
 from kbrefresh.gate.verdict import RuleResult, Verdict
 from kbrefresh.retraining.rebrand import RenameMap, parse_rename_map
 from kbrefresh.settings import Settings
@@ -83,34 +87,74 @@ def store_rebrand_golden(conn: store.Conn, kb_id: int, renames: RenameMap) -> di
 
 
 def rebrand_rule_results(
-    candidate: MetricTable, live: MetricTable | None, rules: RebrandRules, *, k: int = 5
+    candidate: Sequence[QueryResult],
+    live: Sequence[QueryResult] | None,
+    rules: RebrandRules,
+    *,
+    k: int = 5,
+    confidence: float = 0.95,
 ) -> list[RuleResult]:
-    """Judge the rebrand set's two slices (see the module docstring)."""
+    """Judge the rebrand set's two slices (see the module docstring), per query.
+
+    With a live baseline each rule carries the paired difference candidate − live,
+    its exact interval and n (:func:`~kbrefresh.gate.statistics.hit_difference`).
+    """
     metric = f"hit@{k}"
-    new, new_live = candidate.get(metric, NEW_SLICE), live.get(metric, NEW_SLICE) if live else None
-    old, old_live = (candidate.get(metric, LEGACY_SLICE),
-                     live.get(metric, LEGACY_SLICE) if live else None)
+    new = _slice_scores(candidate, live, NEW_SLICE, k, confidence)
+    old = _slice_scores(candidate, live, LEGACY_SLICE, k, confidence)
     if new is None:
-        new_rule = RuleResult("rebrand queries", metric, NEW_SLICE, None, new_live, rules.floor,
+        new_rule = RuleResult("rebrand queries", metric, NEW_SLICE, None, None, rules.floor,
                               False, "no new-name queries were measured")
     else:
-        gain_ok = new_live is not None and new - new_live >= rules.min_gain - 1e-9
-        passed = new >= rules.floor - 1e-9 or gain_ok
-        new_rule = RuleResult(
-            "rebrand queries", metric, NEW_SLICE, new, new_live, rules.floor, passed,
-            f"rebrand queries {_pct(new_live)} → {_pct(new)} (needs ≥ {_pct(rules.floor)} "
-            f"or a gain of {rules.min_gain * 100:.0f} points)")
+        gain_ok = new.live is not None and new.value - new.live >= rules.min_gain - EPSILON
+        new_rule = _with_difference(RuleResult(
+            "rebrand queries", metric, NEW_SLICE, new.value, new.live, rules.floor,
+            new.value >= rules.floor - EPSILON or gain_ok,
+            f"rebrand queries {_pct(new.live)} → {_pct(new.value)} (needs ≥ {_pct(rules.floor)} "
+            f"or a gain of {rules.min_gain * 100:.0f} points)"), new)
     if old is None:
-        old_rule = RuleResult("legacy names", metric, LEGACY_SLICE, None, old_live, None, False,
+        old_rule = RuleResult("legacy names", metric, LEGACY_SLICE, None, None, None, False,
                               "no legacy-name queries were measured")
     else:
-        threshold = None if old_live is None else old_live - rules.legacy_tolerance
-        passed = threshold is None or old >= threshold - 1e-9
-        old_rule = RuleResult(
-            "legacy names", metric, LEGACY_SLICE, old, old_live, threshold, passed,
-            f"old-name queries {_pct(old_live)} → {_pct(old)} (may fall at most "
-            f"{rules.legacy_tolerance * 100:.0f} points)")
+        threshold = None if old.live is None else old.live - rules.legacy_tolerance
+        old_rule = _with_difference(RuleResult(
+            "legacy names", metric, LEGACY_SLICE, old.value, old.live, threshold,
+            threshold is None or old.value >= threshold - EPSILON,
+            f"old-name queries {_pct(old.live)} → {_pct(old.value)} (may fall at most "
+            f"{rules.legacy_tolerance * 100:.0f} points)"), old)
     return [new_rule, old_rule]
+
+
+@dataclass(frozen=True)
+class _SliceScores:
+    value: float
+    live: float | None
+    n: int
+    difference: Difference | None
+
+
+def _slice_scores(
+    candidate: Sequence[QueryResult],
+    live: Sequence[QueryResult] | None,
+    slice_: str,
+    k: int,
+    confidence: float,
+) -> _SliceScores | None:
+    mask = np.array([r.slice == slice_ for r in candidate], dtype=bool)
+    if not mask.any():
+        return None
+    cand = per_query_scores(candidate, k)[f"hit@{k}"][mask]
+    if live is None:
+        return _SliceScores(float(cand.mean()), None, int(mask.sum()), None)
+    diff = hit_difference(per_query_scores(live, k)[f"hit@{k}"][mask], cand, confidence)
+    return _SliceScores(diff.candidate, diff.live, diff.n, diff)
+
+
+def _with_difference(rule: RuleResult, scores: _SliceScores) -> RuleResult:
+    diff = scores.difference
+    if diff is None:
+        return replace(rule, n=scores.n)
+    return replace(rule, n=diff.n, delta=diff.delta, ci_low=diff.low, ci_high=diff.high)
 
 
 def run_rebrand_gate(
@@ -143,8 +187,9 @@ def run_rebrand_gate(
                          policy=policy.model_copy(
             update={"rules": tuple(r for r in policy.rules if not r.metric.startswith(
                 ("hit@", "recall@", "ndcg@", "mrr"))), "max_slice_disparity": ()}))
-    extra = rebrand_rule_results(rebrand.evaluation.candidate, rebrand.evaluation.live, rules,
-                                 k=policy.k)
+    extra = rebrand_rule_results(rebrand.evaluation.candidate_results,
+                                 rebrand.evaluation.live_results, rules, k=policy.k,
+                                 confidence=policy.confidence)
     return replace(usual, verdict=combine(usual.verdict, extra))
 
 

@@ -44,6 +44,7 @@ def search_live(
         target = version if version is not None else routing.live_version(conn, kb_id)
         if target is None:
             raise VersionError(f"knowledge base {kb!r} has no live version yet; run a refresh first")
+        routing.require_rows(conn, kb_id, kb, target)
         fp = store.fingerprint_for_version(conn, kb_id, target)
         check_embedder_matches(embedder, fp.spec, kb=kb, version=target)
         vector = embedder.embed([text])[0]

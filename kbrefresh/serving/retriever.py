@@ -117,6 +117,8 @@ class Retriever:
         embedder: use this embedder (it must match the served versions' fingerprint)
             instead of the one each fingerprint names.
         clock: a monotonic clock in seconds (tests inject one to expire the routing).
+        version: search this version only (a staged candidate that passed the gate, for
+            smoke tests by people) instead of following the routing.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -136,6 +138,7 @@ class Retriever:
         log_flush_seconds: float = 1.0,
         embedder: Embedder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        version: int | None = None,
     ) -> None:
         _check_range("routing_ttl_seconds", routing_ttl_seconds, 0.0, _MAX_TTL_SECONDS)
         _check_range("log_batch_size", log_batch_size, 1, 100_000)
@@ -147,12 +150,15 @@ class Retriever:
         try:
             with self._pool.connection() as conn:
                 self._kb_id = store.get_kb_id(conn, kb)
+                if version is not None:
+                    _check_servable(conn, self._kb_id, kb, version)
         except psycopg.Error as exc:
             self._pool.close()
             raise self._db_error(exc) from exc
         except KBRefreshError:
             self._pool.close()
             raise
+        self._pinned = version
         self._ttl = float(routing_ttl_seconds)
         self._clock = clock
         self._embedder = embedder
@@ -274,6 +280,8 @@ class Retriever:
         )
 
     def _pick_version(self, bucket: int) -> int:
+        if self._pinned is not None:
+            return self._pinned
         routing = self._routing
         if routing is None or self._clock() >= routing.expires_at:
             routing = self._read_routing()
@@ -335,6 +343,20 @@ def _shutdown(writer: LogWriter, pool: Pool) -> None:
     if not writer.flush(10.0, stop=True):
         logger.warning("query-log thread did not stop within 10 s; queued rows are lost")
     pool.close()
+
+
+_SERVABLE = ("candidate", "canary", "live", "retired")
+
+
+def _check_servable(conn: store.Conn, kb_id: int, kb: str, version: int) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigError(f"version {version!r} is invalid; expected a version number")
+    status = store.version_row(conn, kb_id, version).status
+    if status not in _SERVABLE:
+        raise VersionError(
+            f"version {version} of {kb!r} is {status.value!r}; only a version in "
+            f"{', '.join(map(repr, _SERVABLE))} can be searched explicitly"
+        )
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

@@ -43,6 +43,21 @@ def live_version(conn: Conn, kb_id: int) -> int | None:
     return None if row is None or row["live_version"] is None else int(row["live_version"])
 
 
+def require_rows(conn: Conn, kb_id: int, kb_name: str, version: int) -> None:
+    """Refuse a version whose chunk rows were undone (rejected, rolled back) or purged (archived).
+
+    Searching it would find nothing and report hit@5 = 0 instead of saying why.
+    """
+    row = version_row(conn, kb_id, version)
+    if row.reverted_at is not None or row.status == VersionStatus.ARCHIVED:
+        how = "archived and its rows purged" if row.status == VersionStatus.ARCHIVED else (
+            f"{row.status.value} and its rows were undone")
+        raise VersionError(
+            f"version {version} of {kb_name!r} is {how}; it can no longer be evaluated, "
+            f"queried or rolled back to; see `kbrefresh versions --kb {kb_name}`"
+        )
+
+
 def live_view_name(kb_name: str) -> str:
     return f"kb_{kb_name}_live"
 
@@ -90,6 +105,7 @@ def rollback(
                 f"knowledge base {kb_name!r} has no earlier version kept to roll back to "
                 f"(live is {current}); see `kbrefresh versions --kb {kb_name}`"
             )
+        require_rows(conn, kb_id, kb_name, target)
         status = version_row(conn, kb_id, target).status
         if status != VersionStatus.RETIRED or target == current:
             raise VersionError(
@@ -102,6 +118,42 @@ def rollback(
                old_status=VersionStatus.ROLLED_BACK)
     ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("rollback", current, target)
+
+
+def set_canary(
+    conn: Conn, kb_id: int, kb_name: str, version: int | None, percent: float, *,
+    action: str, reason: str, flow_run_id: str | None,
+) -> None:
+    """Send ``percent`` of sessions to ``version`` (None and 0 stop the canary) in one short transaction."""
+    if not 0 <= percent <= 100 or (version is None) != (percent == 0):
+        raise VersionError(
+            f"canary of {kb_name!r}: version {version!r} at {percent!r}%; expected a version "
+            "with a percent above 0 and at most 100, or none at 0"
+        )
+    with conn.transaction():
+        current = _lock_routing(conn, kb_id)
+        if version is not None:
+            row = version_row(conn, kb_id, version)
+            if row.status not in ("candidate", "canary") or version == current:
+                raise VersionError(
+                    f"version {version} of {kb_name!r} is {row.status.value!r}; only a 'candidate' "
+                    "or 'canary' other than live can take canary traffic"
+                )
+            if not (row.verdict or {}).get("passed"):
+                raise VersionError(
+                    f"version {version} of {kb_name!r} has no passing validation verdict; "
+                    f"run `kbrefresh eval --kb {kb_name} --version {version}` to see why"
+                )
+        conn.execute(
+            "UPDATE kb_routing SET canary_version = %s, canary_percent = %s, updated_at = now() "
+            "WHERE kb_id = %s",
+            (version, percent, kb_id),
+        )
+        conn.execute(
+            "INSERT INTO kb_routing_history (kb_id, action, from_version, to_version, reason, "
+            "flow_run_id) VALUES (%s, %s, %s, %s, %s, %s)",
+            (kb_id, action, current, version, f"{reason} ({percent:g}%)", flow_run_id),
+        )
 
 
 def _lock_routing(conn: Conn, kb_id: int) -> int | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from kbrefresh._text import redact_url
-from kbrefresh.db import MIGRATIONS_DIR, apply_migrations, connect, load_migrations
+from kbrefresh.db import apply_migrations, connect, load_migrations, migrations_source
 from kbrefresh.errors import DatabaseError, MigrationError
 from kbrefresh.settings import Settings
 
@@ -18,8 +17,25 @@ pytestmark = pytest.mark.integration
 
 def copy_migrations(tmp_path: Path) -> Path:
     target = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, target)
+    target.mkdir()
+    for source in migrations_source().iterdir():
+        if source.name.endswith(".sql"):
+            (target / source.name).write_text(source.read_text(encoding="utf-8"), "utf-8")
     return target
+
+
+def test_the_checkout_reads_its_own_migrations() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert Path(str(migrations_source())) == root / "sql" / "migrations"
+    assert [m.name for m in load_migrations()] == sorted(
+        p.name for p in (root / "sql" / "migrations").glob("*.sql"))
+
+
+def test_no_migrations_at_all_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("not a migration", "utf-8")
+    with pytest.raises(MigrationError) as exc:
+        load_migrations(tmp_path)
+    assert str(exc.value) == f"no migrations found in {str(tmp_path)!r}; reinstall kbrefresh"
 
 
 def test_migrations_apply_once_and_record_checksums(database_url: str, tmp_path: Path) -> None:

@@ -245,7 +245,7 @@ def test_a_held_lock_fails_the_run_without_building(env: Settings, tmp_path: Pat
     [
         ({"kb": "bad\nname"}, "contains control characters"),
         ({"kb": "x" * 56}, "at most 55 characters"),
-        ({"overlap_chars": 1200}, "overlap_chars (1200) must be below max_chars (1200)"),
+        ({"overlap_chars": 1200}, "overlap_chars must be between 0 and max_chars - 1 (1199), got 1200"),
         ({"max_shrink": 1.5}, "less than or equal to 1"),
         ({"keep_versions": 0}, "greater than or equal to 1"),
     ],

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("scheduled-refresh/scheduled-refresh", "rollback-kb/rollback-kb",
-         "retraining-check/retraining-check")
+         "retraining-check/retraining-check", "rollout-step/rollout-step",
+         "post-deploy-monitor/post-deploy-monitor")
 
 
-def test_serve_registers_both_flows_without_a_work_pool(prefect_harness: str) -> None:
+def test_serve_registers_every_flow_without_a_work_pool(prefect_harness: str) -> None:
     _delete_deployments()  # another test may have deployed the same names to a work pool
     env = os.environ | {"PREFECT_API_URL": prefect_harness, "KBREFRESH_SERVE_KB": "served-kb"}
     env.pop("KBREFRESH_SERVE_SOURCE", None)
@@ -48,7 +49,8 @@ def test_serve_registers_both_flows_without_a_work_pool(prefect_harness: str) ->
         "expect": {"kbrefresh.retrain.requested"},
         "match": {"prefect.resource.id": "kbrefresh.kb.*"},
     }
-    assert "serving 'scheduled-refresh', 'rollback-kb', 'retraining-check' against" in output, output
+    assert ("serving 'scheduled-refresh', 'rollback-kb', 'retraining-check', 'rollout-step',"
+            " 'post-deploy-monitor' against") in output, output
 
 
 def _delete_deployments() -> None:
@@ -68,7 +70,7 @@ def _wait_for_registration(
         while True:
             assert server.poll() is None, server.communicate()[0]
             try:
-                refresh, rollback, _check = (client.read_deployment_by_name(n) for n in NAMES)
+                refresh, rollback, *_others = (client.read_deployment_by_name(n) for n in NAMES)
                 automations = client.read_resource_related_automations(
                     f"prefect.deployment.{refresh.id}"
                 )

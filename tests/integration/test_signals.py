@@ -25,9 +25,9 @@ from kbrefresh.retraining.signals import (
     golden_accuracy_drop,
     query_drift,
     satisfaction_windows,
-    source_volume,
 )
 from kbrefresh.retraining.triggers import Action, TriggerPolicy
+from kbrefresh.retraining.volume import source_volume
 from kbrefresh.settings import Settings
 from tests.support.corpus import markdown_doc, write_corpus
 

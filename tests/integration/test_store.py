@@ -17,7 +17,7 @@ from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
-from kbrefresh.retraining.signals import source_volume
+from kbrefresh.retraining.volume import source_volume
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from tests.support.corpus import markdown_doc, write_corpus

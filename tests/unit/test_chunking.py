@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -315,52 +316,52 @@ def test_header_template(template: str, title: str, section: str, expected: str)
     ("config", "message"),
     [
         (
-            ChunkerConfig(header_template="{title} {heading}\n{text}"),
+            {"header_template": "{title} {heading}\n{text}"},
             (
                 "header_template uses unknown placeholder 'heading'; "
                 "valid placeholders are {title}, {section}, {category}, {text}"
             ),
         ),
         (
-            ChunkerConfig(header_template="{title.upper}\n{text}"),
+            {"header_template": "{title.upper}\n{text}"},
             (
                 "header_template uses unknown placeholder 'title.upper'; "
                 "valid placeholders are {title}, {section}, {category}, {text}"
             ),
         ),
         (
-            ChunkerConfig(header_template="{title}"),
+            {"header_template": "{title}"},
             (
                 "header_template '{title}' must contain {text}, "
                 "or the chunk itself would not be embedded"
             ),
         ),
         (
-            ChunkerConfig(header_template="{title\n{text}"),
+            {"header_template": "{title\n{text}"},
             (
                 "header_template '{title\\n{text}' is not a valid format string "
                 "(unexpected '{' in field name); "
                 "valid placeholders are {title}, {section}, {category}, {text}"
             ),
         ),
-        (ChunkerConfig(max_chars=0), "max_chars must be at least 1, got 0"),
+        ({"max_chars": 0}, "max_chars must be at least 1, got 0"),
         (
-            ChunkerConfig(max_chars=100, overlap_chars=100),
+            {"max_chars": 100, "overlap_chars": 100},
             "overlap_chars must be between 0 and max_chars - 1 (99), got 100",
         ),
         (
-            ChunkerConfig(overlap_chars=-1),
+            {"overlap_chars": -1},
             "overlap_chars must be between 0 and max_chars - 1 (1199), got -1",
         ),
         (
-            ChunkerConfig(max_chars=100, overlap_chars=10, min_chars=101),
+            {"max_chars": 100, "overlap_chars": 10, "min_chars": 101},
             "min_chars must be between 0 and max_chars (100), got 101",
         ),
     ],
 )
-def test_invalid_config_is_rejected(config: ChunkerConfig, message: str) -> None:
+def test_invalid_config_is_rejected_when_constructed(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        chunk_document(make_doc(GUIDE), config)
+        ChunkerConfig(**config)
     assert str(info.value) == message
 
 
@@ -416,6 +417,6 @@ def test_chunk_documents_streams_all_documents_in_order() -> None:
     ]
 
 
-def test_chunk_documents_rejects_a_bad_config_even_without_documents() -> None:
-    with pytest.raises(ConfigError, match=re.escape("max_chars must be at least 1, got 0")):
-        next(chunk_documents(iter(()), ChunkerConfig(max_chars=0)))
+def test_a_bad_config_is_a_value_error_too() -> None:
+    with pytest.raises(ValueError, match=re.escape("max_chars must be at least 1, got 0")):
+        ChunkerConfig(max_chars=0)

@@ -11,9 +11,11 @@ from kbrefresh.gate.metrics import (
     MetricTable,
     QueryResult,
     aggregate,
+    f1_at_k,
     hit_at_k,
     metric_names,
     ndcg_at_k,
+    precision_at_k,
     recall_at_k,
     reciprocal_rank,
     slice_disparity,
@@ -58,6 +60,28 @@ def test_reciprocal_rank_uses_first_distinct_rank() -> None:
     assert reciprocal_rank(RETRIEVED, RELEVANT) == pytest.approx(0.3333333)
 
 
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    # top 5 distinct = a b c d e -> 1 relevant of 5 slots; top 6 adds f -> 2 of 6.
+    [(2, 0.0), (5, 0.2), (6, 2 / 6)],
+)
+def test_precision_at_k_counts_distinct_docs(k: int, expected: float) -> None:
+    assert precision_at_k(RETRIEVED, RELEVANT, k) == pytest.approx(expected)
+
+
+def test_precision_divides_by_k_when_fewer_docs_came_back() -> None:
+    assert precision_at_k(["a"], ["a"], 5) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    # k=5: P 0.2, R 0.5 -> 2·0.1/0.7 = 0.2857143; k=6: P 1/3, R 1 -> 2·(1/3)/(4/3) = 0.5
+    [(2, 0.0), (5, 0.2857143), (6, 0.5)],
+)
+def test_f1_at_k(k: int, expected: float) -> None:
+    assert f1_at_k(RETRIEVED, RELEVANT, k) == pytest.approx(expected)
+
+
 def test_reciprocal_rank_is_zero_without_a_relevant_doc() -> None:
     assert reciprocal_rank(["x", "y"], ["a"]) == 0.0
     assert reciprocal_rank([], ["a"]) == 0.0
@@ -86,7 +110,7 @@ def test_ndcg_is_zero_without_a_relevant_doc() -> None:
     assert ndcg_at_k(["x"], ["a"], 10) == 0.0
 
 
-@pytest.mark.parametrize("metric", [hit_at_k, recall_at_k, ndcg_at_k])
+@pytest.mark.parametrize("metric", [hit_at_k, recall_at_k, ndcg_at_k, precision_at_k, f1_at_k])
 def test_k_must_be_positive(metric: Callable[[list[str], list[str], int], float]) -> None:
     with pytest.raises(ConfigError, match=r"^k must be a positive integer, got 0$"):
         metric(["a"], ["a"], 0)
@@ -129,6 +153,9 @@ def test_aggregate_overall() -> None:
             "latency_p50_ms": 25.0,
             # p95 at index 0.95 * 3 = 2.85 -> 30 + 0.85 * 70 = 89.5
             "latency_p95_ms": 89.5,
+            "precision@5": 0.1,  # (1/5 + 1/5 + 0 + 0) / 4
+            # F1 = 2PR/(P+R): (2·0.2·1/1.2 = 1/3) and (2·0.2·0.5/0.7 = 2/7): (1/3 + 2/7) / 4
+            "f1@5": 0.1547619,
         }
     )
 
@@ -145,6 +172,8 @@ def test_aggregate_per_slice() -> None:
             "ndcg@10": 0.6934264,  # (1 + 0.3868528) / 2
             "latency_p50_ms": 15.0,  # 10 + 0.5 * 10
             "latency_p95_ms": 19.5,  # 10 + 0.95 * 10
+            "precision@5": 0.2,
+            "f1@5": 0.3095238,  # (1/3 + 2/7) / 2
         }
     )
     assert dict(table.by_slice["technical"]) == pytest.approx(
@@ -155,6 +184,8 @@ def test_aggregate_per_slice() -> None:
             "ndcg@10": 0.1781036,  # 0.3562072 / 2
             "latency_p50_ms": 65.0,  # 30 + 0.5 * 70
             "latency_p95_ms": 96.5,  # 30 + 0.95 * 70
+            "precision@5": 0.0,
+            "f1@5": 0.0,
         }
     )
 
@@ -167,6 +198,8 @@ def test_metric_names_match_aggregate_keys() -> None:
         "ndcg@10",
         "latency_p50_ms",
         "latency_p95_ms",
+        "precision@5",
+        "f1@5",
     )
     assert set(aggregate(RESULTS, k=3, ndcg_k=4).overall) == set(metric_names(3, 4))
 

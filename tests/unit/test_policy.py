@@ -24,7 +24,11 @@ def test_default_policy_is_the_playbook() -> None:
     assert (policy.k, policy.ndcg_k) == (5, 10)
     assert policy.max_size_ratio == 2.0
     assert policy.require_smoke is True
-    assert policy.max_slice_disparity == (DisparityRule(metric="hit@5", max=0.10),)
+    # The gap may not grow by more than 2 points; an absolute cap is opt-in.
+    assert policy.max_slice_disparity == (DisparityRule(metric="hit@5", max_increase=0.02),)
+    assert policy.max_slice_disparity[0].max is None
+    assert (policy.confidence, policy.min_slice_size) == (0.95, 30)
+    assert (policy.catastrophic_drop, policy.catastrophic_min_queries) == (0.10, 10)
     assert policy.rules == (
         MetricRule(metric="hit@5", lower_bound=0.5),
         MetricRule(metric="hit@5", change=HIGHER),
@@ -35,6 +39,10 @@ def test_default_policy_is_the_playbook() -> None:
         MetricRule(metric="mrr", slice="*", change=HIGHER),
         MetricRule(metric="ndcg@10", change=HIGHER),
         MetricRule(metric="ndcg@10", slice="*", change=HIGHER),
+        MetricRule(metric="precision@5", change=HIGHER),
+        MetricRule(metric="precision@5", slice="*", change=HIGHER),
+        MetricRule(metric="f1@5", change=HIGHER),
+        MetricRule(metric="f1@5", slice="*", change=HIGHER),
         MetricRule(
             metric="latency_p95_ms",
             change=ChangeThreshold(direction="lower_is_better", relative=1.0, slack=3.0),
@@ -49,6 +57,8 @@ def test_default_rules_follow_k() -> None:
         "recall@3",
         "mrr",
         "ndcg@7",
+        "precision@3",
+        "f1@3",
         "latency_p95_ms",
     }
     assert policy.max_slice_disparity[0].metric == "hit@3"
@@ -142,7 +152,8 @@ PREFIX = "p.yaml: invalid acceptance policy: "
             {"kk": 1},
             (
                 "kk: unknown key; expected one of: k, ndcg_k, rules, max_slice_disparity,"
-                " max_size_ratio, require_smoke"
+                " max_size_ratio, require_smoke, confidence,"
+                    " min_slice_size, catastrophic_drop, catastrophic_min_queries, resamples, seed"
             ),
         ),
         (
@@ -160,21 +171,21 @@ PREFIX = "p.yaml: invalid acceptance policy: "
             {"rules": [{"metric": "hti@5", "lower_bound": 0.5}]},
             (
                 "rules[0].metric: unknown metric 'hti@5'; valid metrics: hit@5, recall@5, mrr,"
-                " ndcg@10, latency_p50_ms, latency_p95_ms"
+                " ndcg@10, latency_p50_ms, latency_p95_ms, precision@5, f1@5"
             ),
         ),
         (
             {"k": 3, "rules": [{"metric": "hit@5", "lower_bound": 0.5}]},
             (
                 "rules[0].metric: unknown metric 'hit@5'; valid metrics: hit@3, recall@3, mrr,"
-                " ndcg@10, latency_p50_ms, latency_p95_ms"
+                " ndcg@10, latency_p50_ms, latency_p95_ms, precision@3, f1@3"
             ),
         ),
         (
             {"max_slice_disparity": [{"metric": "ndcg@5", "max": 0.1}]},
             (
                 "max_slice_disparity[0].metric: unknown metric 'ndcg@5'; valid metrics: hit@5,"
-                " recall@5, mrr, ndcg@10, latency_p50_ms, latency_p95_ms"
+                " recall@5, mrr, ndcg@10, latency_p50_ms, latency_p95_ms, precision@5, f1@5"
             ),
         ),
         (
@@ -231,7 +242,8 @@ PREFIX = "p.yaml: invalid acceptance policy: "
             {"kk": 1, "max_size_ratio": -1},
             (
                 "max_size_ratio: expected greater than 0, got -1; kk: unknown key; expected one of:"
-                " k, ndcg_k, rules, max_slice_disparity, max_size_ratio, require_smoke"
+                " k, ndcg_k, rules, max_slice_disparity, max_size_ratio, require_smoke, confidence,"
+                    " min_slice_size, catastrophic_drop, catastrophic_min_queries, resamples, seed"
             ),
         ),
     ],

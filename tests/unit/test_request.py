@@ -28,7 +28,7 @@ def test_defaults_match_the_core_chunker_and_quality_policy() -> None:
         ({"overlap_chars": 5001, "max_chars": 20000},
          "overlap_chars=5001 is invalid: input should be less than or equal to 5000"),
         ({"max_chars": 1000, "overlap_chars": 1000},
-         "overlap_chars (1000) must be below max_chars (1000)"),
+         "overlap_chars must be between 0 and max_chars - 1 (999), got 1000"),
         ({"kb": " padded"}, ("kb=' padded' is invalid: knowledge base name ' padded' has leading "
                             "or trailing spaces")),
         ({"nope": 1}, "unknown refresh option 'nope'"),

@@ -1,0 +1,47 @@
+"""Bad settings and the one-line error check shared by the CLI tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.testing import CliRunner
+
+from kbrefresh.cli import app
+
+# One bad value per setting (two for the memory size): variable, value, expected words.
+BAD_SETTINGS = [
+    ("EMBEDDER", "foo", "expected 'offline' or 'openai'"),
+    ("EMBEDDING_MODEL", "", "expected a model name"),
+    ("EMBEDDING_DIMS", "3", "expected an integer from 8 to 16000"),
+    ("EMBEDDING_DIMS", "many", "expected an integer from 8 to 16000"),
+    ("OPENAI_BASE_URL", "ftp://example.org", "expected an http:// or https:// URL"),
+    ("OPENAI_TIMEOUT_SECONDS", "0", "expected a number of seconds > 0 and <= 3600"),
+    ("OPENAI_MAX_RETRIES", "-1", "expected an integer from 0 to 20"),
+    ("EMBED_BATCH_SIZE", "0", "expected an integer from 1 to 2048"),
+    ("EMBED_BATCH_MAX_CHARS", "10", "expected an integer from 1000 to 100000000"),
+    ("MLFLOW_TRACKING_URI", "", "expected an MLflow tracking URI"),
+    ("TRACKING", "maybe", "expected true or false"),
+    ("MAINTENANCE_WORK_MEM", "lots", "expected a PostgreSQL memory size from 1MB to 64GB"),
+    ("MAINTENANCE_WORK_MEM", "100GB", "expected a PostgreSQL memory size from 1MB to 64GB"),
+    ("MAINTENANCE_WORK_MEM", "512kB", "expected a PostgreSQL memory size from 1MB to 64GB"),
+    ("KEEP_VERSIONS", "0", "expected an integer from 1 to 100"),
+    ("DATA_DIR", "/dev/null", "expected a directory path"),
+    ("NOTIFY_BLOCKS", "oncall", "expected comma-separated Prefect block names"),
+    ("NOTIFY_TIMEOUT_SECONDS", "0", "expected a number of seconds > 0 and <= 120"),
+]
+SECRET = "s3cret-Pa55"
+
+
+def invoke(args: list[str], env: dict[str, str]) -> Any:
+    return CliRunner().invoke(app, args, env={"COLUMNS": "80", **env})
+
+
+def assert_one_error_line(result: Any, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return str(lines[0])
