@@ -43,18 +43,21 @@ def embed_missing(
     batch_size: int,
     total_texts: int = 0,
     on_progress: ProgressFn | None = None,
+    first_doc_ids: Sequence[str] = (),
 ) -> EmbedStats:
     """Embed staged chunks whose text hash the table does not know, and COPY them in.
 
     Streams from a server-side cursor on ``reader`` and commits each batch on
     ``writer``, so a crash keeps finished batches (a resumed build reuses them)
-    and at most one batch of vectors is in memory.
+    and at most one batch of vectors is in memory. Texts used by ``first_doc_ids`` come
+    first (a rebrand's affected documents); rows of one hash stay together either way.
     """
     query = sql.SQL(
         "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
         " s.metadata::text AS metadata"
         " FROM kb_build_chunks s WHERE " + STAGED + " AND NOT " + HASH_KNOWN +
-        " ORDER BY s.content_hash, s.doc_id, s.chunk_index"
+        " ORDER BY bool_or(s.doc_id = ANY(%(first)s::text[])) OVER (PARTITION BY s.content_hash) DESC,"
+        " s.content_hash, s.doc_id, s.chunk_index"
     ).format(t=sql.Identifier(table))
     texts = rows = 0
     embed_s = load_s = 0.0
@@ -64,7 +67,7 @@ def embed_missing(
         # Sorting staged rows by hash in memory instead of spilling to disk.
         reader.execute("SET LOCAL work_mem = '256MB'")
         cur.itersize = max(batch_size * 2, 512)
-        cur.execute(query, {"kb_id": kb_id, "version": version})
+        cur.execute(query, {"kb_id": kb_id, "version": version, "first": list(first_doc_ids)})
         for row in cur:
             new_hash = not batch or batch[-1]["content_hash"] != row["content_hash"]
             if new_hash and hashes >= batch_size:

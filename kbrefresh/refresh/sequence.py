@@ -195,11 +195,15 @@ def run_refresh(
     embedder: Embedder | None = None,
     policy: AcceptancePolicy | None = None,
     quality: QualityPolicy | None = None,
+    judge: steps.Judge | None = None,
+    embed_first: Sequence[str] = (),
 ) -> RefreshReport:
     """Build a new version of ``request.kb`` from its source, validate it and swap it live.
 
     ``embedder``, ``policy`` and ``quality`` replace the configured embedder, the request's
     policy file and its quality limits (tests and benchmarks hold them as objects).
+    ``judge`` replaces the validation gate and ``embed_first`` names documents whose
+    chunks are embedded first (both used by a rebrand).
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
@@ -225,14 +229,16 @@ def run_refresh(
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             stats = step(steps.embed_changed, settings, ticket, embedder=embedder,
-                         total_texts=plan.to_embed_texts, on_progress=hooks.embed_progress)
+                         total_texts=plan.to_embed_texts, on_progress=hooks.embed_progress,
+                         first_doc_ids=embed_first)
             step.seconds["embed_only"] = stats.embed_seconds
             if settings.tracking:
                 runs.warm_up()  # the steps below mostly wait on Postgres
             counts = steps.build_counts(prepared, plan, stats, reuse)
             step(steps.finalize_version, settings, ticket, counts)
             smoke = step(steps.smoke_check, settings, ticket, embedder=embedder)
-            outcome = (step(steps.validate_candidate, settings, ticket, smoke=smoke, policy=policy)
+            outcome = (step(steps.validate_candidate, settings, ticket, smoke=smoke, policy=policy,
+                            judge=judge)
                        if smoke.passed else None)
         except BaseException as exc:
             step(steps.fail_build, settings, ticket, exc, source=request.source)

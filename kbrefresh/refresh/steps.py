@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -209,14 +209,18 @@ def embed_changed(
     embedder: Embedder | None = None,
     total_texts: int = 0,
     on_progress: ProgressFn | None = None,
+    first_doc_ids: Sequence[str] = (),
 ) -> EmbedStats:
-    """Embed and load only chunks whose text is new to this fingerprint's table."""
+    """Embed and load only chunks whose text is new to this fingerprint's table.
+
+    Chunks of ``first_doc_ids`` (a rebrand's affected documents) are embedded first.
+    """
     embedder = embedder or make_embedder(settings)
     with connect(settings) as reader, connect(settings) as writer:
         return embedding.embed_missing(
             reader, writer, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
             embedder=embedder, batch_size=settings.embed_batch_size, total_texts=total_texts,
-            on_progress=on_progress,
+            on_progress=on_progress, first_doc_ids=first_doc_ids,
         )
 
 
@@ -267,6 +271,19 @@ def smoke_check(
     return result
 
 
+class Judge(Protocol):
+    """A gate in place of ``run_gate``: judge ``ticket``'s version, return the outcome."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        ticket: BuildTicket,
+        *,
+        policy: AcceptancePolicy | None,
+        build_smoke_failures: Sequence[str],
+    ) -> GateOutcome: ...
+
+
 def validate_candidate(
     settings: Settings,
     ticket: BuildTicket,
@@ -274,10 +291,17 @@ def validate_candidate(
     smoke: SmokeResult,
     policy: AcceptancePolicy | None = None,
     sets: Sequence[str] | None = None,
+    judge: Judge | None = None,
 ) -> GateOutcome:
-    """Judge the candidate against live on golden queries; store the verdict; reject on failure."""
-    outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
-                       build_smoke_failures=smoke.failures)
+    """Judge the candidate against live on golden queries; store the verdict; reject on failure.
+
+    ``judge`` replaces the usual gate (a rebrand adds its rules to it).
+    """
+    if judge is not None:
+        outcome = judge(settings, ticket, policy=policy, build_smoke_failures=smoke.failures)
+    else:
+        outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
+                           build_smoke_failures=smoke.failures)
     with connect(settings) as conn:
         status = (store.VersionStatus.CANDIDATE if outcome.verdict.passed
                   else store.VersionStatus.REJECTED)

@@ -165,6 +165,7 @@ def run_rebrand_gate(
     rules: RebrandRules | None = None,
     policy: AcceptancePolicy | None = None,
     against: int | None | str = "live",
+    build_smoke_failures: Sequence[str] = (),
 ) -> GateOutcome:
     """Gate ``version``: the usual policy on the usual sets, the rebrand rules on the rebrand set.
 
@@ -181,10 +182,11 @@ def run_rebrand_gate(
     rebrand = run_gate(settings, kb, version, policy=judged_only, sets=[REBRAND_SET],
                        against=against)
     if sets:
-        usual = run_gate(settings, kb, version, policy=policy, sets=sets, against=against)
+        usual = run_gate(settings, kb, version, policy=policy, sets=sets, against=against,
+                         build_smoke_failures=build_smoke_failures)
     else:  # only the rebrand set: smoke, latency and size as usual, no quality rules
         usual = run_gate(settings, kb, version, sets=[REBRAND_SET], against=against,
-                         policy=policy.model_copy(
+                         build_smoke_failures=build_smoke_failures, policy=policy.model_copy(
             update={"rules": tuple(r for r in policy.rules if not r.metric.startswith(
                 ("hit@", "recall@", "ndcg@", "mrr"))), "max_slice_disparity": ()}))
     extra = rebrand_rule_results(rebrand.evaluation.candidate_results,
