@@ -7,7 +7,10 @@ Golden queries that name an old name are rewritten through the rename map into t
 judges every other set as usual; the rebrand set is judged by two rules only:
 
 - new-name queries: hit@k ≥ ``floor``, or a gain over live of at least ``min_gain``;
-- legacy-name queries: hit@k ≥ live − ``legacy_tolerance``.
+- legacy-name queries: hit@k ≥ live − ``legacy_tolerance``, or at most
+  ``legacy_noise_queries`` queries lost net (one query of 21 is HNSW or tie noise).
+
+Each rule carries the paired difference, its exact interval and n.
 """
 
 from __future__ import annotations
@@ -42,8 +45,13 @@ class RebrandRules:
     floor: float = 0.8
     min_gain: float = 0.2
     legacy_tolerance: float = 0.02
+    legacy_noise_queries: int = 1
 
     def __post_init__(self) -> None:
+        noise = self.legacy_noise_queries
+        if isinstance(noise, bool) or not isinstance(noise, int) or noise < 0:
+            raise ConfigError(f"rebrand rule legacy_noise_queries {noise!r} is out of range; "
+                              "expected an integer ≥ 0")
         for name in ("floor", "min_gain", "legacy_tolerance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -117,11 +125,15 @@ def rebrand_rule_results(
                               "no legacy-name queries were measured")
     else:
         threshold = None if old.live is None else old.live - rules.legacy_tolerance
+        lost = 0 if old.live is None else round((old.live - old.value) * old.n)
         old_rule = _with_difference(RuleResult(
             "legacy names", metric, LEGACY_SLICE, old.value, old.live, threshold,
-            threshold is None or old.value >= threshold - EPSILON,
+            threshold is None or old.value >= threshold - EPSILON
+            or lost <= rules.legacy_noise_queries,
             f"old-name queries {_pct(old.live)} → {_pct(old.value)} (may fall at most "
-            f"{rules.legacy_tolerance * 100:.0f} points)"), old)
+            f"{rules.legacy_tolerance * 100:.0f} points or {rules.legacy_noise_queries} "
+            f"quer{'y' if rules.legacy_noise_queries == 1 else 'ies'}; {max(lost, 0)} lost "
+            f"of {old.n})"), old)
     return [new_rule, old_rule]
 
 
