@@ -86,8 +86,7 @@ def _checkpoint(settings: Settings, kb: str, renames: RenameMap, t0: datetime, s
     options = CheckOptions(satisfaction_window_days=window / 86400,
                            satisfaction_baseline_days=baseline / 86400, golden=False)
     check = run_check(settings, kb, source=None, options=options, now=now)
-    console.print(escape(f"decision: {check.decision.action.value} ({check.decision.urgency}): "
-                         f"{check.decision.summary}"), highlight=False)
+    console.print(escape(f"decision: {check.decision.summary}"), highlight=False)
     events = [e.event for e in planned_events(check, None, request_retrain=True)]
     console.print(escape(f"rename map on record: {check.rename_pending}; rebrand due: "
                          f"{check.rebrand_due}; events the check sends: {', '.join(events)}"))
