@@ -52,12 +52,14 @@ def embed_missing(
     and at most one batch of vectors is in memory. Texts used by ``first_doc_ids`` come
     first (a rebrand's affected documents); rows of one hash stay together either way.
     """
+    # Only a rebrand pays for the window: rows of a hash named first move up together.
+    first = (" bool_or(s.doc_id = ANY(%(first)s::text[])) OVER (PARTITION BY s.content_hash)"
+             " DESC," if first_doc_ids else "")
     query = sql.SQL(
         "SELECT s.content_hash, s.embed_text, s.doc_id, s.chunk_index, s.content,"
         " s.metadata::text AS metadata"
         " FROM kb_build_chunks s WHERE " + STAGED + " AND NOT " + HASH_KNOWN +
-        " ORDER BY bool_or(s.doc_id = ANY(%(first)s::text[])) OVER (PARTITION BY s.content_hash) DESC,"
-        " s.content_hash, s.doc_id, s.chunk_index"
+        " ORDER BY" + first + " s.content_hash, s.doc_id, s.chunk_index"
     ).format(t=sql.Identifier(table))
     texts = rows = 0
     embed_s = load_s = 0.0
