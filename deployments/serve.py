@@ -9,7 +9,9 @@ process polls for scheduled and triggered runs and executes them itself.
 ``KBREFRESH_SERVE_SOURCE`` (default: the bundled sample help center), and on every
 ``kbrefresh.retrain.requested`` event. ``rollback-kb`` has no schedule: run it from
 the UI or ``prefect deployment run 'rollback-kb/rollback-kb'``. ``retraining-check``
-runs daily (``0 6 * * *`` UTC) with the same ``kb`` and ``source``.
+runs daily (``0 6 * * *`` UTC) with the same ``kb`` and ``source``. ``urgent-rebrand``
+has no schedule: it runs on ``kbrefresh.rebrand.requested`` (the check emits it when
+satisfaction drops critically while a rename map is on record) or by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
 import kbrefresh
-from flows import rollback_kb, rollout_step, scheduled_refresh
+from flows import rollback_kb, rollout_step, scheduled_refresh, urgent_rebrand
 from flows.drift_reembed import drift_reembed
 from flows.post_deploy_monitor import post_deploy_monitor
 from flows.retraining_check import retraining_check
@@ -38,6 +40,7 @@ MONTHLY_CRON = "0 0 1 * *"
 DAILY_CHECK_CRON = "0 6 * * *"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
 DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
+REBRAND_EVENT = "kbrefresh.rebrand.requested"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."
 SAMPLE_SOURCE = Path(kbrefresh.__file__).resolve().parent / "samples" / "helpcenter" / "base"
 
@@ -93,6 +96,29 @@ def drift_trigger() -> DeploymentEventTrigger:
     )
 
 
+def rebrand_trigger(default_source: str) -> DeploymentEventTrigger:
+    """Run urgent-rebrand on ``kbrefresh.rebrand.requested`` about ``kbrefresh.kb.<name>``.
+
+    The rename map is the one on record for the KB. Keep in step with ``prefect.yaml``.
+    """
+    name_start = len(KB_RESOURCE_PREFIX)
+    return DeploymentEventTrigger(
+        name="urgent-rebrand on rebrand requested",
+        description="Satisfaction dropped critically while a rename map is on record.",
+        enabled=True,
+        match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
+        expect={REBRAND_EVENT},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        parameters={"params": {
+            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
+            "source": f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}",
+            "reason": '{{ event.payload.reason | default("rebrand requested") }}',
+        }},
+    )
+
+
 def build_deployments() -> list[RunnerDeployment]:
     """Return the served deployments; invalid defaults fail here, before serving."""
     defaults = RefreshRequest(
@@ -128,7 +154,11 @@ def build_deployments() -> list[RunnerDeployment]:
     reembed = cast(RunnerDeployment, drift_reembed.to_deployment(
         name="drift-reembed", triggers=[drift_trigger()], tags=["kbrefresh", "drift"],
     ))
-    return [refresh, rollback, check, rollout, monitor, reembed]
+    rebrand = cast(RunnerDeployment, urgent_rebrand.to_deployment(
+        name="urgent-rebrand", triggers=[rebrand_trigger(defaults.source)],
+        tags=["kbrefresh", "rebrand"],
+    ))
+    return [refresh, rollback, check, rollout, monitor, reembed, rebrand]
 
 
 def main() -> None:

@@ -68,12 +68,18 @@ class ChunkerConfig:
 
     Sizes are in characters (the offline default has no tokenizer; ~4 chars/token).
     ``header_template`` may use ``{title}``, ``{section}``, ``{category}``, ``{text}``.
+    ``aliases`` (old name, new name) pairs add a line "New, formerly Old" above the
+    embedded text of chunks that mention a new name (a rebrand keeps old names
+    findable). They are left out of ``as_dict`` and so of the fingerprint: the alias
+    line is part of ``embed_text`` and its content hash, so only the chunks it changes
+    are re-embedded, where a fingerprint change would rebuild every chunk.
     """
 
     max_chars: int = 1200
     overlap_chars: int = 150
     min_chars: int = 40
     header_template: str = "{title} › {section}\n\n{text}"
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse a config that cannot chunk, before anything is created.

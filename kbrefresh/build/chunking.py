@@ -71,6 +71,8 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     for index, (section, text) in enumerate(pieces):
         embed_text = config.render(text, title=doc.title.strip(), section=section,
                                    category=doc.category)
+        if config.aliases:
+            embed_text = _with_aliases(embed_text, config.aliases)
         chunks.append(
             Chunk(
                 doc_id=doc.doc_id,
@@ -89,6 +91,26 @@ def chunk_documents(docs: Iterable[Document], config: ChunkerConfig) -> Iterator
     """Yield the chunks of every document in order (lazily, one document at a time)."""
     for doc in docs:
         yield from chunk_document(doc, config)
+
+
+# -- rebrand aliases ----------------------------------------------------------------
+
+
+def _with_aliases(embed_text: str, aliases: tuple[tuple[str, str], ...]) -> str:
+    """Put "New, formerly Old" for each new name the text mentions above the text."""
+    found = [f"{new}, formerly {old}" for old, new in aliases if _mentions(embed_text, new)]
+    return f"({'; '.join(found)})\n{embed_text}" if found else embed_text
+
+
+@lru_cache(maxsize=256)
+def _word_pattern(name: str) -> re.Pattern[str]:
+    start = r"(?<!\w)" if re.match(r"\w", name) else ""
+    end = r"(?!\w)" if re.search(r"\w$", name) else ""
+    return re.compile(start + re.escape(name) + end, re.IGNORECASE)
+
+
+def _mentions(text: str, name: str) -> bool:
+    return _word_pattern(name).search(text) is not None
 
 
 # -- parsing into sections ---------------------------------------------------------

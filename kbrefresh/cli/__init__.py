@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from kbrefresh.cli import admin, demo, monitor, reembed, rollout  # noqa: F401  (register their commands)
+from kbrefresh.cli import (  # noqa: F401  (register their commands)
+    admin,
+    demo,
+    monitor,
+    rebrand,
+    reembed,
+    rollout,
+)
 from kbrefresh.cli._common import app
 from kbrefresh.cli.main import main
 

@@ -57,6 +57,9 @@ def check_cmd(
             print_json(check_json(result))
         else:
             _print_check(result, wide=wide)
+            if result.rebrand_due:
+                console.print(escape(f"a rename map is on record: `kbrefresh rebrand --kb {kb} "
+                                     "--source PATH --renames FILE` applies it now"))
         action, delay = result.decision.action, SCHEDULE_DELAY_DAYS.get(result.decision.action)
         due_now = action in (Action.RUN_NOW, Action.WITHIN_24H)
         if run and due_now and source is None:

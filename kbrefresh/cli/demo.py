@@ -31,6 +31,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "ab": ("kbrefresh.cli.rollout_demo", "run_ab"),
     "monitor": ("kbrefresh.cli.monitor", "run_monitor_scenario"),
     "drift": ("kbrefresh.cli.drift_demo", "run_drift"),
+    "rebrand": ("kbrefresh.cli.rebrand_demo", "run_rebrand_scenario"),
 }
 
 
@@ -40,7 +41,7 @@ def demo(
     question: Annotated[str, typer.Option(help="Sample query to run at the end.")] =
         "how do I rotate my API key?",
     scenario: Annotated[str, typer.Option(
-        help="refresh (monthly blue/green), canary, ab, monitor, drift.")] = "refresh",
+        help="refresh (monthly blue/green), canary, ab, monitor, drift, rebrand.")] = "refresh",
 ) -> None:
     """Run a playbook scenario on the bundled help center, on embedded defaults."""
     settings = read_settings()

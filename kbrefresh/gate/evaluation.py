@@ -34,6 +34,7 @@ from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
+from kbrefresh.retraining.rebrand_expansion import query_expander
 from kbrefresh.serving import routing
 from kbrefresh.serving.search import search_version
 from kbrefresh.settings import Settings
@@ -175,8 +176,10 @@ def evaluate(
     # Live's results from its own gate, when neither live nor the golden set changed since.
     reused = stored_results(conn, kb_id, live, key) if live is not None else None
     run = [v for v in targets if v != live or reused is None]
-    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed([q.query for q in queries])
-               for v in run}
+    # Each version sees a query as its readers would: expanded by its rename maps.
+    expand = {v: query_expander(conn, kb_id, v) for v in run}
+    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed(
+        [expand[v](q.query) for q in queries]) for v in run}
     results, duplicated = _run(settings, conn, queries, {v: tables[v] for v in run}, vectors, depth)
     if reused is not None and live is not None:
         results[live], duplicated[live] = reused, []

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from kbrefresh.build import batch_api, embedding
 from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ProgressFn
@@ -37,12 +38,23 @@ def embed_changed(
         )
 
 
-def plan_embedding(settings: Settings, ticket: BuildTicket) -> list[EmbedBatch]:
-    """Cut the texts new to this fingerprint's table into request-sized batches."""
+def plan_embedding(
+    settings: Settings, ticket: BuildTicket, *, first_doc_ids: Sequence[str] = ()
+) -> list[EmbedBatch]:
+    """Cut the texts new to this fingerprint's table into request-sized batches.
+
+    Batches holding texts of ``first_doc_ids`` (a rebrand's affected documents) come first.
+    """
     with connect(settings) as conn:
-        return embedding.plan_batches(
+        batches = embedding.plan_batches(
             conn, kb_id=ticket.kb_id, version=ticket.version, table=ticket.table,
             batch_size=settings.embed_batch_size, max_chars=settings.embed_batch_max_chars)
+        if not first_doc_ids:
+            return batches
+        hashes = [r["content_hash"] for r in conn.execute(
+            "SELECT DISTINCT content_hash FROM kb_build_chunks WHERE kb_id = %s AND version = %s"
+            " AND doc_id = ANY(%s)", (ticket.kb_id, ticket.version, list(first_doc_ids)))]
+    return sorted(batches, key=lambda b: not any(b.first_hash <= h <= b.last_hash for h in hashes))
 
 
 def embed_batch(

@@ -247,11 +247,15 @@ def run_refresh(
     embedder: Embedder | None = None,
     policy: AcceptancePolicy | None = None,
     quality: QualityPolicy | None = None,
+    judge: steps.Judge | None = None,
+    embed_first: Sequence[str] = (),
 ) -> RefreshReport:
     """Build a new version of ``request.kb`` from its source, validate it and swap it live.
 
     ``embedder``, ``policy`` and ``quality`` replace the configured embedder, the request's
     policy file and its quality limits (tests and benchmarks hold them as objects).
+    ``judge`` replaces the validation gate and ``embed_first`` names documents whose
+    chunks are embedded first (both used by a rebrand).
 
     Raises:
         DataQualityError: the source failed quality checks (nothing built).
@@ -280,7 +284,8 @@ def run_refresh(
             reuse = step(steps.reuse_unchanged, settings, ticket)
             by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,
                                  embedder=embedder) if settings.embed_batch_api else NO_STATS)
-            batches = step(embed_steps.plan_embedding, settings, ticket)
+            batches = step(embed_steps.plan_embedding, settings, ticket,
+                           first_doc_ids=embed_first)
             stats = by_batch_api + step.embed(settings, ticket, batches, embedder,
                                               total_texts=plan.to_embed_texts)
             step.seconds["embed_only"] = stats.embed_seconds
@@ -289,7 +294,8 @@ def run_refresh(
             counts = steps.build_counts(prepared, plan, stats, reuse)
             step(steps.finalize_version, settings, ticket, counts)
             smoke = step(steps.smoke_check, settings, ticket, embedder=embedder)
-            outcome = (step(steps.validate_candidate, settings, ticket, smoke=smoke, policy=policy)
+            outcome = (step(steps.validate_candidate, settings, ticket, smoke=smoke, policy=policy,
+                            judge=judge)
                        if smoke.passed else None)
         except BaseException as exc:
             step(steps.fail_build, settings, ticket, exc, source=request.source)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -32,11 +32,25 @@ from kbrefresh.gate.evaluation import GateOutcome, run_gate
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.smoke import SmokeResult
 from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
-from kbrefresh.refresh.embed_steps import embed_changed  # noqa: F401  (the one-call form)
+from kbrefresh.refresh.embed_steps import embed_changed
+from kbrefresh.refresh.publish_steps import (
+    PublishResult,
+    compact_index,
+    publish_version,
+    record_build,
+    stage_version,
+    sync_aliases,
+)
 from kbrefresh.retraining.profiles import KbProfiles, apply_profiles
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
+
+# The publish-side steps live in publish_steps; callers name every step as steps.<name>.
+__all__ = [  # noqa: RUF022
+    "PublishResult", "compact_index", "publish_version", "record_build", "stage_version",
+    "sync_aliases", "embed_changed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -248,37 +262,6 @@ def _index_workers(conn: store.Conn, settings: Settings) -> int:
     return store.build_workers(conn, settings.index_build_workers)
 
 
-def compact_index(
-    settings: Settings, kb: str, *, min_share: float | None = None
-) -> store.Placement:
-    """Merge the live version's segments into one main HNSW index (after publish).
-
-    Only once the rows past the main index exceed ``min_share`` (default: the
-    ``compact_share`` setting) of the rows in it; 0 merges any.
-    Call under the KB's refresh lock. A database error is logged, not raised: the
-    version already serves, and its delta stays searchable until the next build.
-    """
-    try:
-        return _compact(settings, kb, settings.compact_share if min_share is None else min_share)
-    except psycopg.Error as exc:
-        logger.warning("compacting the index of %r failed, its segments stay as they were: %s",
-                       kb, exc)
-        return store.Placement("failed", None, None, 0, 0.0, 0)
-
-
-def _compact(settings: Settings, kb: str, min_share: float) -> store.Placement:
-    with connect(settings, autocommit=True) as conn:
-        kb_id = store.get_kb_id(conn, kb)
-        live = routing.live_version(conn, kb_id)
-        if live is None:
-            return store.Placement("exact", None, None, 0, 0.0, 0)
-        fp = store.fingerprint_for_version(conn, kb_id, live)
-        return store.compact(
-            conn, fp, live, min_share=min_share,
-            maintenance_work_mem=settings.maintenance_work_mem,
-            workers=_index_workers(conn, settings))
-
-
 def smoke_check(
     settings: Settings, ticket: BuildTicket, *, embedder: Embedder | None = None
 ) -> SmokeResult:
@@ -298,6 +281,19 @@ def smoke_check(
     return result
 
 
+class Judge(Protocol):
+    """A gate in place of ``run_gate``: judge ``ticket``'s version, return the outcome."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        ticket: BuildTicket,
+        *,
+        policy: AcceptancePolicy | None,
+        build_smoke_failures: Sequence[str],
+    ) -> GateOutcome: ...
+
+
 def validate_candidate(
     settings: Settings,
     ticket: BuildTicket,
@@ -305,10 +301,17 @@ def validate_candidate(
     smoke: SmokeResult,
     policy: AcceptancePolicy | None = None,
     sets: Sequence[str] | None = None,
+    judge: Judge | None = None,
 ) -> GateOutcome:
-    """Judge the candidate against live on golden queries; store the verdict; reject on failure."""
-    outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
-                       build_smoke_failures=smoke.failures)
+    """Judge the candidate against live on golden queries; store the verdict; reject on failure.
+
+    ``judge`` replaces the usual gate (a rebrand adds its rules to it).
+    """
+    if judge is not None:
+        outcome = judge(settings, ticket, policy=policy, build_smoke_failures=smoke.failures)
+    else:
+        outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
+                           build_smoke_failures=smoke.failures)
     with connect(settings) as conn:
         status = (store.VersionStatus.CANDIDATE if outcome.verdict.passed
                   else store.VersionStatus.REJECTED)
@@ -328,56 +331,6 @@ def rejection_message(
         f"Smoke checks failed: {'; '.join(smoke.failures)}; "
         + ("the live version keeps serving." if ticket.live_version else "nothing was published."))
     return f"version {ticket.version} of {ticket.kb!r} was rejected. {why}"
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    from_version: int | None
-    to_version: int | None
-    archived: list[int]
-
-
-def publish_version(
-    settings: Settings, ticket: BuildTicket, *, reason: str, flow_run_id: str | None,
-    keep_versions: int | None = None,
-) -> PublishResult:
-    """Swap the candidate live, clear staging, archive versions beyond the kept ones."""
-    with connect(settings, autocommit=True) as conn:
-        change = routing.swap_live(conn, ticket.kb_id, ticket.kb, ticket.version,
-                                   reason=reason, flow_run_id=flow_run_id)
-        build.clear_staging(conn, ticket.kb_id, ticket.version)
-        archived = routing.retire_old_versions(conn, ticket.kb_id, keep_versions or settings.keep_versions)
-    return PublishResult(change.from_version, change.to_version, archived)
-
-
-def stage_version(settings: Settings, ticket: BuildTicket) -> PublishResult:
-    """Keep a gated candidate out of traffic (for a rollout to deliver); live is unchanged."""
-    with connect(settings, autocommit=True) as conn:
-        build.clear_staging(conn, ticket.kb_id, ticket.version)
-    return PublishResult(ticket.live_version, ticket.live_version, [])
-
-
-def record_build(
-    settings: Settings,
-    ticket: BuildTicket,
-    *,
-    source: str,
-    counts: dict[str, int],
-    seconds: dict[str, float],
-    estimated_tokens: int,
-    outcome: GateOutcome | None,
-    quality: dict[str, Any],
-) -> runs.BuildRecord:
-    """Log the build to MLflow (a version that passed is registered); never fails the refresh."""
-    if not settings.tracking:
-        return runs.BuildRecord(None, None)
-    return runs.record_build(settings, ticket, source=source, counts=counts, seconds=seconds,
-                             estimated_tokens=estimated_tokens, outcome=outcome, quality=quality)
-
-
-def sync_aliases(settings: Settings, kb: str) -> str | None:
-    """Point the registry's champion/challenger aliases at the routing; return a warning."""
-    return runs.sync_aliases(settings, kb) if settings.tracking else None
 
 
 def fail_build(settings: Settings, ticket: BuildTicket, error: BaseException, *, source: str) -> None:

@@ -25,6 +25,7 @@ from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
 from kbrefresh.refresh.request import REASON_MAX_CHARS, KbName, Reason, SourceSpec
 from kbrefresh.retraining import signals as measure
+from kbrefresh.retraining.rebrand_run import pending_rename_map
 from kbrefresh.retraining.triggers import (
     Action,
     Decision,
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
 PERFORMANCE_EVENT = "kbrefresh.performance.degraded"
 RETRAIN_EVENT = "kbrefresh.retrain.requested"
+REBRAND_EVENT = "kbrefresh.rebrand.requested"
 KB_RESOURCE_PREFIX = "kbrefresh.kb."
 # When a retrain is due later, the refresh is scheduled this many days ahead.
 SCHEDULE_DELAY_DAYS = {Action.WITHIN_WEEK: 6.0, Action.SCHEDULE: 20.0}
@@ -108,6 +110,16 @@ class CheckResult:
     volume: SourceVolume | None
     decision_id: int | None = None
     dispatched: dict[str, Any] | None = None
+    # A rename map is on record and no version applied it yet (``kbrefresh rebrand``).
+    rename_pending: bool = False
+    rename_source: str | None = None
+
+    @property
+    def rebrand_due(self) -> bool:
+        """A critical satisfaction drop while a rename map waits: the rebrand is overdue."""
+        sat = next((s for s in self.decision.signals if s.name == "performance"
+                    and s.reason.startswith("satisfaction")), None)
+        return self.rename_pending and sat is not None and sat.severity == "critical"
 
     @property
     def performance(self) -> Signal | None:
@@ -194,6 +206,9 @@ def _detail_lines(result: CheckResult) -> list[str]:
         lines.append(f"- Source {escape_markdown(repr(volume.source))}: {volume.documents} "
                      f"documents, {volume.new} new, {volume.changed} changed, {volume.deleted} "
                      f"deleted since v{volume.live_version}; quality {verdict}")
+    if result.rename_pending:
+        lines.append("- Rename map on record, not applied yet"
+                     + (": rebrand due" if result.rebrand_due else ""))
     if result.dispatched is not None:
         lines.append(f"- Dispatched: {escape_markdown(json.dumps(result.dispatched, default=str))}")
     if result.decision_id is not None:
@@ -237,10 +252,13 @@ def run_check(
             policy.drift_min_samples, options.n_clusters, coverage_cutoff=options.coverage_cutoff,
             kl_thresholds=(policy.drift_moderate_kl, policy.drift_severe_kl),
         )
+        pending = pending_rename_map(conn, kb_id)
     golden = measure.golden_accuracy_drop(settings, kb) if options.golden else None
     volume = source_volume(settings, kb, source, query, now=now) if source else None
     decision = decide(_signals(policy, days, sat, golden, drift, volume))
-    result = CheckResult(kb, now, decision, days, sat, golden, drift, volume)
+    result = CheckResult(kb, now, decision, days, sat, golden, drift, volume,
+                         rename_pending=pending is not None,
+                         rename_source=pending.source if pending else None)
     logger.info("check of %r: %s", kb, decision.summary)
     return record_decision(settings, result) if record else result
 
@@ -361,7 +379,11 @@ def planned_events(
         events.append(PlannedEvent(PERFORMANCE_EVENT, kb_resource(kb), {
             "kb": kb, "drop_pct": perf.value, "band": perf.severity, "reason": perf.reason}))
     action = result.decision.action
-    if request_retrain and action in (Action.RUN_NOW, Action.WITHIN_24H):
+    if request_retrain and result.rebrand_due:  # the rebrand replaces the plain retrain
+        events.append(PlannedEvent(REBRAND_EVENT, kb_resource(kb), {
+            "kb": kb, "reason": f"rebrand: {result.retrain_reason}"[:REASON_MAX_CHARS]}
+            | ({"source": src} if (src := result.rename_source or source) else {})))
+    elif request_retrain and action in (Action.RUN_NOW, Action.WITHIN_24H):
         payload = RetrainPayload(kb=kb, reason=result.retrain_reason, source=source,
                                  urgency=result.decision.urgency, action=action.value,
                                  segment=drift.segment)

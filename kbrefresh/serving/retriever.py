@@ -32,6 +32,7 @@ from kbrefresh.db import database_url as default_database_url
 from kbrefresh.embedders import Embedder, embedder_for_spec
 from kbrefresh.errors import ConfigError, DatabaseError, KBRefreshError, VersionError
 from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
+from kbrefresh.retraining.rebrand_expansion import QueryExpander, query_expander
 from kbrefresh.serving.lookup import check_embedder_matches
 from kbrefresh.serving.querylog import LogWriter, Pool, reason
 from kbrefresh.serving.search import Hit, search_version
@@ -73,6 +74,8 @@ class _Routing:
 class _Served:
     table: store.FingerprintTable
     embedder: Embedder
+    # Old names in a query are rewritten to the names this version uses (a rebrand).
+    expand: QueryExpander
     adapters: tuple[QueryAdapter, ...] = ()
 
 
@@ -190,7 +193,7 @@ class Retriever:
         query_id = uuid.uuid4()
         try:
             served = self._serve(version)
-            vector = served.embedder.embed([query])[0]
+            vector = served.embedder.embed([served.expand(query)])[0]
             # The version's query adapters move only their segment's queries.
             searched = apply_adapters([vector], served.adapters)[0] if served.adapters else vector
             with self._pool.connection() as conn:
@@ -329,6 +332,7 @@ class Retriever:
                 with self._pool.connection() as conn:
                     fp = store.fingerprint_for_version(conn, self._kb_id, version)
                     adapters = load_adapters(conn, self._kb_id, version)
+                    expand = query_expander(conn, self._kb_id, version)
             except psycopg.Error as exc:
                 raise self._db_error(exc) from exc
             if self._embedder is not None:
@@ -336,7 +340,7 @@ class Retriever:
             embedder = self._embedder or self._embedders.get(fp.key)
             if embedder is None:
                 embedder = self._embedders[fp.key] = embedder_for_spec(self._settings, fp.spec)
-            served = _Served(fp, embedder, adapters)
+            served = _Served(fp, embedder, expand, adapters)
             if len(self._served) >= _MAX_CACHED_VERSIONS:
                 self._served.pop(next(iter(self._served)))
             self._served[version] = served

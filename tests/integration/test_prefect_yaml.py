@@ -22,7 +22,7 @@ from prefect.events.schemas.automations import Automation
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.workers.process import ProcessWorker
 
-from deployments.serve import retrain_trigger
+from deployments.serve import rebrand_trigger, retrain_trigger
 from flows import scheduled_refresh
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,17 @@ def test_served_trigger_is_the_prefect_yaml_trigger() -> None:
     [trigger] = refresh["triggers"]
 
     served = retrain_trigger(refresh["parameters"]["params"]["source"])
+
+    assert DeploymentEventTrigger.model_validate(trigger).model_dump() == served.model_dump()
+
+
+def test_served_rebrand_trigger_is_the_prefect_yaml_trigger() -> None:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    [refresh] = [d for d in spec["deployments"] if d["name"] == "scheduled-refresh"]
+    [rebrand] = [d for d in spec["deployments"] if d["name"] == "urgent-rebrand"]
+    [trigger] = rebrand["triggers"]
+
+    served = rebrand_trigger(refresh["parameters"]["params"]["source"])
 
     assert DeploymentEventTrigger.model_validate(trigger).model_dump() == served.model_dump()
 

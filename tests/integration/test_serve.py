@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("scheduled-refresh/scheduled-refresh", "rollback-kb/rollback-kb",
          "retraining-check/retraining-check", "rollout-step/rollout-step",
-         "post-deploy-monitor/post-deploy-monitor")
+         "post-deploy-monitor/post-deploy-monitor", "urgent-rebrand/urgent-rebrand")
 
 
 def test_serve_registers_every_flow_without_a_work_pool(prefect_harness: str) -> None:
@@ -50,7 +50,7 @@ def test_serve_registers_every_flow_without_a_work_pool(prefect_harness: str) ->
         "match": {"prefect.resource.id": "kbrefresh.kb.*"},
     }
     assert ("serving 'scheduled-refresh', 'rollback-kb', 'retraining-check', 'rollout-step',"
-            " 'post-deploy-monitor', 'drift-reembed' against") in output, output
+            " 'post-deploy-monitor', 'drift-reembed', 'urgent-rebrand' against") in output, output
 
 
 def _delete_deployments() -> None:
