@@ -5,6 +5,7 @@ token estimates, and reading a YAML/TOML file into a mapping.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import tomllib
@@ -84,24 +85,32 @@ def tokens_for_chars(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
-def load_settings_file(path: str | Path, *, what: str = "policy") -> Any:
-    """Parse a ``.toml``, ``.yaml`` or ``.yml`` file; an empty file gives ``{}``.
+def load_settings_file(
+    path: str | Path, *, what: str = "policy", suffixes: tuple[str, ...] = SETTINGS_SUFFIXES
+) -> Any:
+    """Parse a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file; an empty file gives ``{}``.
 
     Raises:
-        ConfigError: the file has another suffix, cannot be read, or does not parse.
+        ConfigError: the file's suffix is not in ``suffixes``, it cannot be read, or it
+            does not parse.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SETTINGS_SUFFIXES:
+    if suffix not in suffixes:
         raise ConfigError(
-            f"unsupported {what} file {path.name!r}; expected one of: {', '.join(SETTINGS_SUFFIXES)}"
+            f"unsupported {what} file {path.name!r}; expected one of: {', '.join(suffixes)}"
         )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from exc
     try:
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+        if suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: invalid TOML ({exc})") from exc
     except yaml.YAMLError as exc:

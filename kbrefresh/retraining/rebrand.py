@@ -15,18 +15,17 @@ category) and per name, with distinct totals.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from psycopg import sql
 from pydantic import RootModel, StrictStr, ValidationError
 
 from kbrefresh import store
+from kbrefresh._text import load_settings_file
 from kbrefresh.errors import ConfigError, VersionError
 from kbrefresh.serving import routing
 
@@ -147,21 +146,7 @@ def load_rename_map(path: str | Path) -> RenameMap:
         ConfigError: the file is missing, has another suffix, does not parse or is invalid.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in RENAME_SUFFIXES:
-        raise ConfigError(
-            f"unsupported rename file {path.name!r}; expected one of: {', '.join(RENAME_SUFFIXES)}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read rename file {str(path)!r}: {exc.strerror}") from exc
-    try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path.name}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path.name}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    data = load_settings_file(path, what="rename", suffixes=RENAME_SUFFIXES)
     return parse_rename_map(data, source=path.name)
 
 
