@@ -35,88 +35,73 @@ from flows.drift_reembed import drift_reembed
 from flows.post_deploy_monitor import post_deploy_monitor
 from flows.retraining_check import retraining_check
 from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.retraining.check import (
+    DRIFT_EVENT,
+    KB_RESOURCE_PREFIX,
+    REBRAND_EVENT,
+    RETRAIN_EVENT,
+)
 
 MONTHLY_CRON = "0 0 1 * *"
 DAILY_CHECK_CRON = "0 6 * * *"
-RETRAIN_EVENT = "kbrefresh.retrain.requested"
-DRIFT_EVENT = "kbrefresh.retraining.drift.detected"
-REBRAND_EVENT = "kbrefresh.rebrand.requested"
-KB_RESOURCE_PREFIX = "kbrefresh.kb."
 SAMPLE_SOURCE = Path(kbrefresh.__file__).resolve().parent / "samples" / "helpcenter" / "base"
 
 logger = get_logger("kbrefresh.serve")
 
 
-def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
-    """Run scheduled-refresh on ``kbrefresh.retrain.requested`` about ``kbrefresh.kb.<name>``.
+def kb_event_trigger(
+    deployment: str, event: str, description: str, parameters: dict[str, str]
+) -> DeploymentEventTrigger:
+    """Run ``deployment`` on ``event`` about ``kbrefresh.kb.<name>``, once per KB.
 
-    The event's payload may carry ``kb``, ``source`` and ``reason``; ``kb`` falls back
-    to the name in the resource id and ``source`` to ``default_source``. Keep in step
-    with the trigger in ``prefect.yaml``.
+    ``kb`` comes from the payload or, failing that, from the name in the resource id;
+    ``parameters`` adds the deployment's other fields (Jinja templates over the event).
     """
     name_start = len(KB_RESOURCE_PREFIX)
+    kb = f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}"
     return DeploymentEventTrigger(
-        name="scheduled-refresh on retrain requested",
-        description="A retrain was requested for a knowledge base (drift, feedback, rebrand).",
+        name=f"{deployment} on {event.rsplit('.', 2)[-2]} {event.rsplit('.', 1)[-1]}",
+        description=description,
         enabled=True,
         match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
-        expect={RETRAIN_EVENT},
+        expect={event},
         for_each={"prefect.resource.id"},
         posture=Posture.Reactive,
         threshold=1,
-        parameters={"params": {
-            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
-            "source": f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}",
-            "reason": '{{ event.payload.reason | default("retrain requested") }}',
-        }},
+        parameters={"params": {"kb": kb, **parameters}},
     )
+
+
+def _source_with_default(default_source: str) -> str:
+    return f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}"
+
+
+def retrain_trigger(default_source: str) -> DeploymentEventTrigger:
+    """Run scheduled-refresh on ``kbrefresh.retrain.requested`` (keep in step with prefect.yaml)."""
+    return kb_event_trigger(
+        "scheduled-refresh", RETRAIN_EVENT,
+        "A retrain was requested for a knowledge base (drift, feedback, rebrand).",
+        {"source": _source_with_default(default_source),
+         "reason": '{{ event.payload.reason | default("retrain requested") }}'})
 
 
 def drift_trigger() -> DeploymentEventTrigger:
-    """Run drift-reembed on ``kbrefresh.retraining.drift.detected`` with the grown segment.
-
-    Keep in step with the drift-reembed trigger in ``prefect.yaml``.
-    """
-    name_start = len(KB_RESOURCE_PREFIX)
-    return DeploymentEventTrigger(
-        name="drift-reembed on drift detected",
-        description="Query drift grew a segment; re-embed it with its profile and canary it.",
-        enabled=True,
-        match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
-        expect={DRIFT_EVENT},
-        for_each={"prefect.resource.id"},
-        posture=Posture.Reactive,
-        threshold=1,
-        parameters={"params": {
-            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
-            "segment": "{{ event.payload.segments | first }}",
-            "divergence": "{{ event.payload.kl }}",
-            "urgency": "{{ event.payload.severity }}",
-        }},
-    )
+    """Run drift-reembed on the drift event with the grown segment (keep in step with prefect.yaml)."""
+    return kb_event_trigger(
+        "drift-reembed", DRIFT_EVENT,
+        "Query drift grew a segment; re-embed it with its profile and canary it.",
+        {"segment": "{{ event.payload.segments | first }}",
+         "divergence": "{{ event.payload.kl }}",
+         "urgency": "{{ event.payload.severity }}"})
 
 
 def rebrand_trigger(default_source: str) -> DeploymentEventTrigger:
-    """Run urgent-rebrand on ``kbrefresh.rebrand.requested`` about ``kbrefresh.kb.<name>``.
-
-    The rename map is the one on record for the KB. Keep in step with ``prefect.yaml``.
-    """
-    name_start = len(KB_RESOURCE_PREFIX)
-    return DeploymentEventTrigger(
-        name="urgent-rebrand on rebrand requested",
-        description="Satisfaction dropped critically while a rename map is on record.",
-        enabled=True,
-        match={"prefect.resource.id": f"{KB_RESOURCE_PREFIX}*"},
-        expect={REBRAND_EVENT},
-        for_each={"prefect.resource.id"},
-        posture=Posture.Reactive,
-        threshold=1,
-        parameters={"params": {
-            "kb": f"{{{{ event.payload.kb | default(event.resource.id[{name_start}:]) }}}}",
-            "source": f"{{{{ event.payload.source | default({json.dumps(default_source)}) }}}}",
-            "reason": '{{ event.payload.reason | default("rebrand requested") }}',
-        }},
-    )
+    """Run urgent-rebrand on ``kbrefresh.rebrand.requested`` with the KB's rename map on record."""
+    return kb_event_trigger(
+        "urgent-rebrand", REBRAND_EVENT,
+        "Satisfaction dropped critically while a rename map is on record.",
+        {"source": _source_with_default(default_source),
+         "reason": '{{ event.payload.reason | default("rebrand requested") }}'})
 
 
 def build_deployments() -> list[RunnerDeployment]:
