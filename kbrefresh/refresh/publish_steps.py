@@ -76,6 +76,14 @@ def publish_version(
     return PublishResult(change.from_version, change.to_version, archived)
 
 
+def refuse_during_rollout(settings: Settings, kb: str) -> None:
+    """Refuse a publishing refresh before any work while ``kb`` has an active rollout."""
+    with connect(settings, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM kb WHERE name = %s", (kb,)).fetchone()
+        if row is not None:
+            store.refuse_during_rollout(conn, int(row["id"]), kb)
+
+
 def stage_version(settings: Settings, ticket: BuildTicket) -> PublishResult:
     """Keep a gated candidate out of traffic (for a rollout to deliver); live is unchanged."""
     with connect(settings, autocommit=True) as conn:

@@ -271,6 +271,8 @@ def run_refresh(
         policy = request.acceptance_policy()
     fingerprint = steps.fingerprint_for(embedder, request.chunker(),
                                         storage=settings.embedding_storage)
+    if request.publish:
+        steps.refuse_during_rollout(settings, request.kb)
     hooks.refresh_started(request)
     with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds):
         ticket = step(steps.begin_version, settings, request.kb, fingerprint,

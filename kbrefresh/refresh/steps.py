@@ -38,6 +38,7 @@ from kbrefresh.refresh.publish_steps import (
     compact_index,
     publish_version,
     record_build,
+    refuse_during_rollout,
     stage_version,
     sync_aliases,
 )
@@ -49,7 +50,7 @@ from kbrefresh.tracking import runs
 # The publish-side steps live in publish_steps; callers name every step as steps.<name>.
 __all__ = [  # noqa: RUF022
     "PublishResult", "compact_index", "publish_version", "record_build", "stage_version",
-    "sync_aliases", "embed_changed",
+    "sync_aliases", "embed_changed", "refuse_during_rollout",
 ]
 
 logger = logging.getLogger(__name__)

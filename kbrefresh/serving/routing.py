@@ -24,6 +24,7 @@ from kbrefresh.store import (
     VersionStatus,
     fingerprint_for_version,
     purge_dead_rows,
+    refuse_during_rollout,
     table_exists,
     version_row,
 )
@@ -68,6 +69,7 @@ def swap_live(
     """Make ``version`` (a candidate that passed its checks) live in one short transaction."""
     with conn.transaction():
         current = _lock_routing(conn, kb_id)
+        refuse_during_rollout(conn, kb_id, kb_name, except_version=version)
         row = version_row(conn, kb_id, version)
         if row.status != VersionStatus.CANDIDATE:
             raise VersionError(

@@ -54,7 +54,7 @@ from kbrefresh.store.tables import (
     table_size_bytes,
     version_stats,
 )
-from kbrefresh.store.versions import list_versions, set_status, version_row
+from kbrefresh.store.versions import list_versions, refuse_during_rollout, set_status, version_row
 
 __all__ = [
     "ABANDONED",
@@ -92,6 +92,7 @@ __all__ = [
     "manifest_size",
     "place_new_rows",
     "purge_dead_rows",
+    "refuse_during_rollout",
     "revert_version_rows",
     "segment_indexes",
     "set_status",

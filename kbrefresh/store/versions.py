@@ -56,3 +56,22 @@ def set_status(conn: Conn, kb_id: int, version: int, status: VersionStatus, **fi
         ),
         params,
     )
+
+
+def refuse_during_rollout(conn: Conn, kb_id: int, kb: str, *, except_version: int | None = None) -> None:
+    """Raise if ``kb`` has an active rollout (other than the one delivering ``except_version``).
+
+    A swap in the middle of a canary would change the control the canary is judged
+    against; the rollout has to be promoted or aborted first.
+    """
+    row = conn.execute(
+        "SELECT id, candidate, state FROM kb_rollouts WHERE kb_id = %s "
+        "AND state IN ('awaiting_approval', 'running', 'paused') ORDER BY id DESC LIMIT 1",
+        (kb_id,),
+    ).fetchone()
+    if row is None or row["candidate"] == except_version:
+        return
+    raise VersionError(
+        f"{kb!r} has rollout #{row['id']} of v{row['candidate']} {row['state']!s}; nothing else can go "
+        f"live until it ends (`kbrefresh rollout status --kb {kb}`; promote or abort it)"
+    )

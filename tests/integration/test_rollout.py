@@ -221,3 +221,30 @@ def test_sessions_split_by_hash_and_a_staged_candidate_is_searchable(
         rollout.abort(conn, "kb", now=datetime.now(UTC), reason="test")
     with pytest.raises(VersionError, match="version 2 of 'kb' is 'rejected'; only a version in"):
         Retriever("kb", settings=settings, version=2)
+
+
+def test_a_publishing_refresh_is_refused_while_a_rollout_runs(
+    settings: Settings, staged: Staged, tmp_path: Path
+) -> None:
+    from kbrefresh.embedders import OfflineEmbedder
+    from kbrefresh.refresh.request import RefreshRequest
+    from kbrefresh.refresh.sequence import run_refresh
+    from tests.support.rollout import SMOKE_ONLY
+
+    start(settings, "kb")
+    with connect(settings) as conn:
+        before = [v.version for v in store.list_versions(conn, staged.kb_id)]
+    with pytest.raises(VersionError) as err:
+        run_refresh(settings, RefreshRequest(kb="kb", source=str(tmp_path / "corpus2")),
+                    embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY)
+    assert str(err.value) == ("'kb' has rollout #1 of v2 running; nothing else can go live "
+                              "until it ends (`kbrefresh rollout status --kb kb`; promote or "
+                              "abort it)")
+    with connect(settings) as conn:
+        assert [v.version for v in store.list_versions(conn, staged.kb_id)] == before
+        # the swap itself refuses too (a refresh that started before the rollout did)
+        with pytest.raises(VersionError, match=r"^'kb' has rollout #1 of v2 running"):
+            routing.swap_live(conn, staged.kb_id, "kb", 1, reason="t", flow_run_id=None)
+    with connect(settings, autocommit=True) as conn:
+        rollout.promote(conn, "kb", now=datetime.now(UTC), reason="ok")
+    assert route(settings, staged.kb_id)[0] == 2
