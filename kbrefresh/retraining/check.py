@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kbrefresh import store
-from kbrefresh._text import escape_markdown, load_settings_file, num
+from kbrefresh._text import load_settings_file
 from kbrefresh.build.quality import QualityReport
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
@@ -113,6 +113,8 @@ class CheckResult:
     # A rename map is on record and no version applied it yet (``kbrefresh rebrand``).
     rename_pending: bool = False
     rename_source: str | None = None
+    # The last proven version's satisfaction: a fixed reference a slow decline cannot drag.
+    proven: measure.ProvenBaseline | None = None
 
     @property
     def rebrand_due(self) -> bool:
@@ -141,6 +143,8 @@ class CheckResult:
             "days_since_build": self.days_since_build,
             "satisfaction": _plain(sat),
             "golden": _plain(golden) if golden else None,
+            "proven": _plain(self.proven) | {"set_at": self.proven.set_at.isoformat()}
+            if self.proven else None,
             "drift": self.drift.as_dict(),
             "volume": None if volume is None else _plain(volume) | {
                 "new_samples": volume.new_samples, "quality": volume.quality.to_dict()},
@@ -148,72 +152,9 @@ class CheckResult:
 
     def to_markdown(self) -> str:
         """Render the check for operators: decision, driver, every signal, drift segments."""
-        d = self.decision
-        lines = [
-            (f"# Retraining check of {escape_markdown(repr(self.kb))}: "
-             f"{d.action.value} ({d.urgency})"),
-            "",
-            f"**Decision:** {escape_markdown(d.summary)}",
-            "",
-            f"**Driven by:** {d.driver.name}{' (alert)' if d.alert else ''}",
-            "",
-            "| signal | value | severity | action | reason |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for s in d.signals:
-            mark = " ⬅" if s is d.driver else ""
-            lines.append(f"| {s.name}{mark} | {num(s.value, '.3g')} | {s.severity} | {s.action.value} "
-                         f"| {escape_markdown(s.reason)} |")
-        return "\n".join(lines + _drift_lines(self.drift) + _detail_lines(self)) + "\n"
+        from kbrefresh.retraining.check_report import render_markdown
 
-
-def _drift_lines(drift: measure.QueryDrift) -> list[str]:
-    lines = [
-        "", "## Query drift", "",
-        (f"{drift.reference_size} reference queries, {drift.current_size} recent; "
-         f"{escape_markdown(drift.reason)}"), "",
-        "| view | KL | PSI | JS | severity | grown segments |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for v in drift.views:
-        grown = ", ".join(escape_markdown(g) for g in v.grown) or "-"
-        lines.append(f"| {v.view} | {num(v.kl, '.3g')} | {num(v.psi, '.3g')} | {num(v.js, '.3g')} | {v.severity} "
-                     f"| {grown} |")
-    cov = drift.coverage
-    lines += ["", (f"Coverage: share of queries with top similarity below {cov.cutoff:g}: "
-                   f"{num(cov.reference_share_below, '.3g')} → {num(cov.current_share_below, '.3g')}")]
-    return lines
-
-
-def _detail_lines(result: CheckResult) -> list[str]:
-    sat, golden, volume = result.satisfaction, result.golden, result.volume
-    built = result.days_since_build
-    lines = [
-        "", "## Feedback, accuracy, data", "",
-        f"- Last build: {'never' if built is None else f'{built:.1f} days ago'}",
-        (f"- Satisfaction: {num(sat.baseline, '.3g')} (n={sat.n_baseline}, {sat.baseline_days:g} days "
-         f"before) → {num(sat.current, '.3g')} (n={sat.n_current}, last {sat.window_days:g} days)"),
-    ]
-    if golden is None:
-        lines.append("- Golden accuracy: not measured (no validated live version to compare)")
-    else:
-        lines.append(f"- Golden {golden.metric} of v{golden.version}: {golden.baseline:.3f} when "
-                     f"validated → {golden.current:.3f} now ({golden.n_queries} queries)")
-    if volume is None:
-        lines.append("- Source: not checked (no source given)")
-    else:
-        verdict = "passed" if volume.quality.passed else "FAILED"
-        lines.append(f"- Source {escape_markdown(repr(volume.source))}: {volume.documents} "
-                     f"documents, {volume.new} new, {volume.changed} changed, {volume.deleted} "
-                     f"deleted since v{volume.live_version}; quality {verdict}")
-    if result.rename_pending:
-        lines.append("- Rename map on record, not applied yet"
-                     + (": rebrand due" if result.rebrand_due else ""))
-    if result.dispatched is not None:
-        lines.append(f"- Dispatched: {escape_markdown(json.dumps(result.dispatched, default=str))}")
-    if result.decision_id is not None:
-        lines.append(f"- Recorded as retrain decision {result.decision_id}")
-    return lines
+        return render_markdown(self)
 
 
 def _plain(value: Any) -> dict[str, Any]:
@@ -253,12 +194,13 @@ def run_check(
             kl_thresholds=(policy.drift_moderate_kl, policy.drift_severe_kl),
         )
         pending = pending_rename_map(conn, kb_id)
+        proven = measure.proven_baseline(conn, kb_id)
     golden = measure.golden_accuracy_drop(settings, kb) if options.golden else None
     volume = source_volume(settings, kb, source, query, now=now) if source else None
-    decision = decide(_signals(policy, days, sat, golden, drift, volume))
+    decision = decide(_signals(policy, days, sat, golden, drift, volume, proven))
     result = CheckResult(kb, now, decision, days, sat, golden, drift, volume,
                          rename_pending=pending is not None,
-                         rename_source=pending.source if pending else None)
+                         rename_source=pending.source if pending else None, proven=proven)
     logger.info("check of %r: %s", kb, decision.summary)
     return record_decision(settings, result) if record else result
 
@@ -270,6 +212,7 @@ def _signals(
     golden: measure.GoldenAccuracy | None,
     drift: measure.QueryDrift,
     volume: SourceVolume | None,
+    proven: measure.ProvenBaseline | None = None,
 ) -> list[Signal]:
     """Signals in tie-break order: the first of equally urgent signals drives.
 
@@ -279,6 +222,11 @@ def _signals(
     perf = policy.performance(sat.baseline, sat.current, n_baseline=sat.n_baseline,
                               n_current=sat.n_current)
     found.append(replace(perf, reason=f"satisfaction {perf.reason}"))
+    if proven is not None:
+        perf = policy.performance(proven.satisfaction, sat.current, n_baseline=proven.n_feedback,
+                                  n_current=sat.n_current)
+        found.append(replace(perf, reason=f"satisfaction against proven v{proven.version} "
+                                          f"{perf.reason}"))
     if golden is not None:
         n = golden.n_queries
         perf = policy.performance(golden.baseline, golden.current, n_baseline=n, n_current=n)

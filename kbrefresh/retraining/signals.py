@@ -82,6 +82,27 @@ class Satisfaction:
     baseline_days: float
 
 
+@dataclass(frozen=True)
+class ProvenBaseline:
+    """Satisfaction of the last proven version over its validation week (set by the monitor)."""
+
+    version: int
+    satisfaction: float
+    n_feedback: int
+    set_at: datetime
+
+
+def proven_baseline(conn: store.Conn, kb_id: int) -> ProvenBaseline | None:
+    """The production baseline's satisfaction, when a proven version recorded feedback."""
+    row = conn.execute("SELECT version, metrics, set_at FROM kb_production_baseline "
+                       "WHERE kb_id = %s", (kb_id,)).fetchone()
+    metrics = dict(row["metrics"]) if row else {}
+    if row is None or metrics.get("satisfaction") is None or not metrics.get("feedback"):
+        return None
+    return ProvenBaseline(int(row["version"]), float(metrics["satisfaction"]),
+                          int(metrics["feedback"]), row["set_at"])
+
+
 def satisfaction_windows(
     conn: store.Conn,
     kb_id: int,

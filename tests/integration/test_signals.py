@@ -246,6 +246,32 @@ def test_satisfaction_43_to_38_is_critical_within_24h_driven_by_performance(
     assert "source" not in no_source.payload
 
 
+def test_a_slow_decline_is_caught_against_the_proven_baseline(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    """Both trailing windows sit at 3.8, so they show no drop; the proven week was 4.3."""
+    kb, now = "slow", datetime.now(UTC)
+    build_kb(settings, tmp_path, kb)
+    seed_feedback(settings, kb, now, baseline=LESS_SATISFIED * 2, current=LESS_SATISFIED)
+    before = run_check(settings, kb, source=None, now=now, options=NO_GOLDEN, record=False)
+    assert before.proven is None
+    assert before.decision.action is not Action.WITHIN_24H
+    with connect(settings) as conn:
+        conn.execute("INSERT INTO kb_production_baseline (kb_id, version, metrics, set_at) "
+                     "VALUES (%s, 1, %s, %s)",
+                     (store.get_kb_id(conn, kb), '{"satisfaction": 4.3, "feedback": 100}',
+                      now - timedelta(days=40)))
+        conn.commit()
+
+    result = run_check(settings, kb, source=None, now=now, options=NO_GOLDEN, record=False)
+
+    assert result.proven is not None and result.proven.n_feedback == 100
+    assert result.decision.action is Action.WITHIN_24H
+    assert result.decision.driver.reason.startswith(
+        "satisfaction against proven v1 dropped 11.6% (4.3 → 3.8)")
+    assert "- Proven baseline: v1 satisfaction 4.3 (n=100, set " in result.to_markdown()
+    assert result.as_dict()["proven"]["satisfaction"] == 4.3
+
+
 def test_volume_counts_new_and_changed_documents_against_the_live_manifest(
     settings: Settings, tmp_path: Path
 ) -> None:
