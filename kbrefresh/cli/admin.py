@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from kbrefresh import store
 from kbrefresh.cli._common import (
     Col,
     JsonOpt,
@@ -23,6 +24,7 @@ from kbrefresh.cli._common import (
     read_settings,
 )
 from kbrefresh.cli._views import print_report, run_refresh
+from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
 from kbrefresh.retraining.check import (
     SCHEDULE_DELAY_DAYS,
@@ -31,7 +33,9 @@ from kbrefresh.retraining.check import (
     record_decision,
     run_check,
 )
+from kbrefresh.retraining.rebrand_run import pending_rename_map
 from kbrefresh.retraining.triggers import Action
+from kbrefresh.settings import Settings
 
 
 @app.command(name="check")
@@ -57,9 +61,13 @@ def check_cmd(
             print_json(check_json(result))
         else:
             _print_check(result, wide=wide)
-            if result.rebrand_due:
-                console.print(escape(f"a rename map is on record: `kbrefresh rebrand --kb {kb} "
-                                     "--source PATH --renames FILE` applies it now"))
+            if result.rebrand_due and not run:
+                console.print(escape(f"a rename map is on record: rerun with --run (or "
+                                     f"`kbrefresh rebrand --kb {kb} --source PATH --renames FILE`) "
+                                     "to apply it now"))
+        if run and result.rebrand_due:
+            _run_pending_rebrand(settings, result, source, query)
+            return
         action, delay = result.decision.action, SCHEDULE_DELAY_DAYS.get(result.decision.action)
         due_now = action in (Action.RUN_NOW, Action.WITHIN_24H)
         if run and due_now and source is None:
@@ -81,6 +89,24 @@ def check_cmd(
             blocked = action is Action.SKIP_BAD_DATA
             console.print("nothing to run: " + ("bad source data blocks the retrain" if blocked
                                                 else "no retrain is due"))
+
+
+def _run_pending_rebrand(settings: Settings, result: CheckResult, source: str | None,
+                         query: str | None) -> None:
+    """The check found the rebrand overdue: apply the rename map on record now."""
+    from kbrefresh.cli.rebrand import announce, rebrand_now
+
+    with connect(settings) as conn:
+        pending = pending_rename_map(conn, store.get_kb_id(conn, result.kb))
+    assert pending is not None  # rebrand_due says so
+    source = source or pending.source
+    if source is None:
+        raise ConfigError(f"a rebrand of {result.kb!r} is due but its rename map has no source on "
+                          "record: pass --source")
+    record_decision(settings, result, dispatched={"mode": "cli", "run": True,
+                                                  "rebrand": "in-process"})
+    announce(settings, rebrand_now(settings, result.kb, source, pending.renames, query=query,
+                                   reason=result.retrain_reason))
 
 
 SIGNAL_COLUMNS = (

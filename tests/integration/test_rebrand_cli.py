@@ -91,3 +91,37 @@ def test_rebrand_demo_runs_end_to_end(cli_env: Settings) -> None:
     tail = out.strip().splitlines()[-1]
     assert tail.startswith("simulated satisfaction (1-5): 5.00 before the rename"), tail
     assert tail.split("→ ")[2].startswith("5.00 after the rebrand"), tail
+
+
+def test_check_run_applies_the_rename_map_on_record_when_satisfaction_drops(
+    cli_env: Settings, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.integration.test_signals import LESS_SATISFIED, SATISFIED, seed_feedback
+
+    rebranded = live_kb(cli_env, tmp_path)
+    renames = tmp_path / "renames.yaml"
+    renames.write_text("Zephyr: Boreas\nQuasar: Pulsar\nHalcyon: Serene\n", "utf-8")
+    recorded = CliRunner().invoke(app, ["rebrand", "--kb", "prod", "--source", str(rebranded),
+                                        "--renames", str(renames), "--record-only"])
+    assert recorded.exit_code == 0, recorded.output
+    seed_feedback(cli_env, "prod", datetime.now(UTC), baseline=SATISFIED, current=LESS_SATISFIED)
+
+    hint = CliRunner().invoke(app, ["check", "--kb", "prod"])
+    assert hint.exit_code == 0, hint.output
+    assert "a rename map is on record: rerun with --run" in hint.output
+    with webhook_receiver() as hook:
+        result = CliRunner().invoke(app, ["check", "--kb", "prod", "--run"],
+                                    env={"KBREFRESH_NOTIFY_WEBHOOK_URL": hook.url})
+    assert result.exit_code == 0, result.output
+    assert "Zephyr → Boreas" in result.output
+    [body] = hook.received
+    assert body["kind"] == "published" and body["versions"] == {"live": 2, "previous": 1}
+    with connect(cli_env) as conn:
+        kb_id = store.get_kb_id(conn, "prod")
+        assert routing.live_version(conn, kb_id) == 2
+        assert pending_rename_map(conn, kb_id) is None
+        dispatched = conn.execute("SELECT dispatched FROM retrain_decisions WHERE kb_id = %s "
+                                  "ORDER BY id DESC LIMIT 1", (kb_id,)).fetchone()
+    assert dispatched is not None and dispatched["dispatched"]["rebrand"] == "in-process"
