@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from kbrefresh._faults import fault_point
 from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ThrottleFn
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.ratelimit import RateLimits, rate_limits
@@ -317,6 +318,7 @@ def run_refresh(
                              flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
         else:
             published = step(steps.stage_version, settings, ticket)
+        fault_point("published")
         build_record = record()
         if request.publish:
             # Off the critical path: the new version already serves while its segments merge.

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.build import staging as build
 from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.embedding import EmbedStats
@@ -182,6 +183,7 @@ def prepare_data(
                          counts={"expected_chunks": total, "staged_chunks": staged,
                                  "touched_documents": len(touched)})
         tag = store.version_row(conn, ticket.kb_id, ticket.version).dataset_tag
+        fault_point("prepare_staged")
         conn.commit()
     return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
 
@@ -312,6 +314,7 @@ def validate_candidate(
     else:
         outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
                            build_smoke_failures=smoke.failures)
+    fault_point("gate_judged")
     with connect(settings) as conn:
         status = (store.VersionStatus.CANDIDATE if outcome.verdict.passed
                   else store.VersionStatus.REJECTED)

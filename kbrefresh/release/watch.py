@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError, VersionError
 from kbrefresh.gate.evaluation import run_gate
@@ -95,6 +96,7 @@ def run_monitor_check(settings: Settings, kb: str, *, policy: ReleasePolicy, now
     result = CheckResult(kb, live, now, NONE if act else REPORT_ONLY, (start, now), m, judgement,
                          check_id, previous, live, mlflow_run_id=row.mlflow_run_id)
     if act and judgement.rollback:
+        fault_point("monitor_judged")
         result = _roll_back(settings, kb, kb_id, result, flow_run_id)
     elif act and now - published_at >= policy.validation_period:
         result = _prove(settings, kb, kb_id, result, policy, now)
