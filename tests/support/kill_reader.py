@@ -3,7 +3,7 @@
 ``python -m tests.support.kill_reader KB OUT.json`` (database and embedder from the
 ``KBREFRESH_*`` environment) prints ``ready`` after its first answered search, then
 searches in a loop; on SIGTERM it writes ``{"ok": n, "failed": n, "errors": [...],
-"versions": [...]}`` to OUT.json and exits 0. A search that raises or returns no hit
+"ok_since_failure": n, "versions": [...]}`` to OUT.json and exits 0. A search that raises or returns no hit
 counts as failed.
 """
 
@@ -30,7 +30,7 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 def main(kb: str, out: Path) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     rng = random.Random(out.name)
-    ok = failed = 0
+    ok = failed = ok_since_failure = 0
     errors: list[str] = []
     versions: set[int] = set()
     ready = False
@@ -40,21 +40,22 @@ def main(kb: str, out: Path) -> None:
             query = " ".join(rng.choice(WORDS) for _ in range(3))
             try:
                 result = retriever.search(query, k=3, session_id=f"s{rng.randrange(1000)}")
-            except Exception as exc:  # every failure is counted and named, none is fatal
-                failed += 1
+            except Exception as exc:  # noqa: BLE001  (every failure is counted and named)
+                failed, ok_since_failure = failed + 1, 0
                 if len(errors) < 20:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             if not result.hits:
-                failed += 1
+                failed, ok_since_failure = failed + 1, 0
                 errors.append(f"no hits from v{result.version} for {query!r}")
                 continue
-            ok += 1
+            ok, ok_since_failure = ok + 1, ok_since_failure + 1
             versions.add(result.version)
             if not ready:
                 print("ready", flush=True)
                 ready = True
     out.write_text(json.dumps({"ok": ok, "failed": failed, "errors": errors,
+                               "ok_since_failure": ok_since_failure,
                                "versions": sorted(versions)}), "utf-8")
 
 
