@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,26 @@ def restart_and_recover(rig: KillRig, pgdata: Path, point: str = "embed_loaded:2
     resent = set(requested_hashes(rig.embed, mark)) & needed
     return Outcome(point, killed, resumed, stored, needed, resent,
                    inspect(rig.database_url, rig.source, before), seen, seconds)
+
+
+def driver_cmd(command: str, now: datetime, kb: str = KB) -> list[str]:
+    return [sys.executable, "-m", "tests.support.kill_driver", command, kb, now.isoformat()]
+
+
+def slow_traffic(url: str, version: int, start: datetime, n: int, kb: str = KB) -> None:
+    """Log ``n`` searches of ``version`` at 6.2 s each (a monitor must roll it back)."""
+    with connection(url) as conn:
+        kb_id = conn.execute("SELECT id FROM kb WHERE name = %s", (kb,)).fetchone()["id"]
+        conn.cursor().executemany(
+            "INSERT INTO query_log (query_id, kb_id, ts, session_hash, query, version, latency_ms,"
+            " top_doc_ids, top_similarity) VALUES (gen_random_uuid(), %s, %s, %s, 'q', %s, 6200,"
+            " ARRAY['general/doc-000'], 0.7)",
+            [(kb_id, start + timedelta(microseconds=10 * i), f"s{i}", version) for i in range(n)])
+
+
+def routing_row(url: str, kb: str = KB) -> tuple[int | None, int | None, float]:
+    with connection(url) as conn:
+        row = conn.execute(
+            "SELECT r.live_version, r.canary_version, r.canary_percent FROM kb_routing r"
+            " JOIN kb k ON k.id = r.kb_id WHERE k.name = %s", (kb,)).fetchone()
+    return row["live_version"], row["canary_version"], float(row["canary_percent"])
