@@ -26,12 +26,11 @@ from tests.support.kill import (
     driver_cmd,
     kill_and_recover,
     restart_and_recover,
-    routing_row,
     run,
     settings_from,
-    slow_traffic,
     start_readers,
 )
+from tests.support.kill_checks import routing_row, slow_traffic
 from tests.support.kill_driver import MONITOR_POLICY
 from tests.support.openai_server import FakeOpenAIServer
 from tests.support.rollout import FAST, SMOKE_ONLY, inject
@@ -147,3 +146,20 @@ def test_kill_mid_monitor_rollback_rolls_back_on_the_next_check(rig: KillRig) ->
         checks = conn.execute("SELECT outcome, action FROM monitor_checks").fetchall()
     assert checks == [{"outcome": "fail", "action": ROLLED_BACK}]
     assert seen["failed"] == 0, seen["errors"][:3]
+
+
+@pytest.mark.reliability
+def test_kill_between_the_swap_and_the_mlflow_record(database_url: str, tmp_path: Path) -> None:
+    from kbrefresh.tracking.registry import registry_state
+
+    with FakeOpenAIServer() as embed, FakeOpenAIServer() as query:
+        rig = KillRig(database_url, tmp_path, embed, query, tracking=True)
+        outcome = kill_and_recover(rig, "published")
+        assert_recovered(outcome, live=3)
+        settings = settings_from(rig.env())
+    with connect(settings) as conn:
+        runs = {r["version"]: r["mlflow_run_id"] for r in conn.execute(
+            "SELECT version, mlflow_run_id FROM kb_versions ORDER BY version")}
+    # v2 went live and was killed before its run was written; the registry follows routing.
+    assert runs[1] is not None and runs[2] is None and runs[3] is not None
+    assert registry_state(settings, KB)["champion"] == 3
