@@ -9,31 +9,22 @@ marked ``reliability``; ``-m "not reliability"`` skips them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from kbrefresh import store
 from kbrefresh.db import connect
-from kbrefresh.release import rollout
-from kbrefresh.release.candidate import stage_candidate
-from kbrefresh.release.watch import ROLLED_BACK, run_monitor_check
+from kbrefresh.release.watch import ROLLED_BACK
 from tests.support.kill import (
     KB,
     KillRig,
     Outcome,
-    driver_cmd,
     kill_and_recover,
     restart_and_recover,
-    run,
     settings_from,
-    start_readers,
 )
-from tests.support.kill_checks import routing_row, slow_traffic
-from tests.support.kill_driver import MONITOR_POLICY
+from tests.support.kill_release import kill_monitor_rollback, kill_rollout_step
 from tests.support.openai_server import FakeOpenAIServer
-from tests.support.rollout import FAST, SMOKE_ONLY, inject
 
 pytestmark = pytest.mark.integration
 
@@ -99,53 +90,22 @@ def test_postgres_restart_mid_refresh(own_pg: tuple[str, Path], tmp_path: Path) 
     assert outcome.readers["recovered"] > 0
 
 
+@pytest.mark.reliability
 def test_kill_mid_rollout_step_moves_it_once_on_the_next_run(rig: KillRig) -> None:
-    settings = settings_from(rig.env())
-    rig.refresh_here()
-    rig.change_source()
-    staged = stage_candidate(settings, KB, str(rig.source), policy=SMOKE_ONLY)
-    with connect(settings, autocommit=True) as conn:
-        started = rollout.start(conn, KB, strategy="canary", policy=FAST, now=datetime.now(UTC))
-        kb_id = store.get_kb_id(conn, KB)
-    inject(settings, kb_id, staged.version, 30)
-    inject(settings, kb_id, 1, 30)
-    readers = start_readers(rig.reader_env(), rig.work)
-    try:
-        killed = run(driver_cmd("rollout-step", datetime.now(UTC)), rig.env(fault="rollout_moved"))
-        assert killed.returncode == -9, killed.stdout + killed.stderr
-        assert routing_row(rig.database_url) == (1, staged.version, 5.0)
-        with connect(settings, autocommit=True) as conn:
-            moved = rollout.run_step(conn, KB, now=datetime.now(UTC))
-        assert moved.action == "advance"
-        assert routing_row(rig.database_url) == (1, staged.version, 50.0)
-    finally:
-        seen = readers.stop()
-    with connect(settings) as conn:
-        actions = [e["action"] for e in rollout.events(conn, started.rollout.id)]
-    assert actions == ["start", "advance"]
-    assert seen["failed"] == 0, seen["errors"][:3]
+    got = kill_rollout_step(rig)
+    assert got["killed"] == -9
+    assert got["after_kill"] == (1, got["candidate"], 5.0)  # nothing half-moved
+    assert (got["action"], got["after_step"]) == ("advance", (1, got["candidate"], 50.0))
+    assert got["actions"] == ["start", "advance"]
+    assert got["readers"]["failed"] == 0, got["readers"]["errors"][:3]
 
 
 def test_kill_mid_monitor_rollback_rolls_back_on_the_next_check(rig: KillRig) -> None:
-    settings = settings_from(rig.env())
-    rig.refresh_here()
-    rig.change_source()
-    rig.refresh_here()
-    slow_traffic(rig.database_url, 2, datetime.now(UTC), 2000)
-    readers = start_readers(rig.reader_env(), rig.work)
-    try:
-        killed = run(driver_cmd("monitor", datetime.now(UTC)), rig.env(fault="monitor_judged"))
-        assert killed.returncode == -9, killed.stdout + killed.stderr
-        assert routing_row(rig.database_url)[0] == 2
-        result = run_monitor_check(settings, KB, policy=MONITOR_POLICY, now=datetime.now(UTC))
-    finally:
-        seen = readers.stop()
-    assert (result.action, result.live_after) == (ROLLED_BACK, 1)
-    assert routing_row(rig.database_url)[0] == 1
-    with connect(settings) as conn:
-        checks = conn.execute("SELECT outcome, action FROM monitor_checks").fetchall()
-    assert checks == [{"outcome": "fail", "action": ROLLED_BACK}]
-    assert seen["failed"] == 0, seen["errors"][:3]
+    got = kill_monitor_rollback(rig)
+    assert (got["killed"], got["live_after_kill"]) == (-9, 2)
+    assert (got["action"], got["live_after"]) == (ROLLED_BACK, 1)
+    assert got["checks"] == [{"outcome": "fail", "action": ROLLED_BACK}]
+    assert got["readers"]["failed"] == 0, got["readers"]["errors"][:3]
 
 
 @pytest.mark.reliability

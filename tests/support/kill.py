@@ -201,6 +201,7 @@ class Outcome:
     inspection: Inspection
     readers: dict[str, Any]
     recover_s: float
+    down_s: float = 0.0  # how long PostgreSQL was down (a restart)
 
     @property
     def reembedded_after_kill(self) -> set[str]:
@@ -254,7 +255,7 @@ def restart_and_recover(rig: KillRig, pgdata: Path, point: str = "embed_loaded:2
         _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns once the refresh froze itself
         assert os.WIFSTOPPED(status), f"the refresh exited before {point!r}: {status}"
         stored = stored_hashes(rig.database_url)
-        restart_postgres(pgdata)
+        down = restart_postgres(pgdata)
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=300)
         killed = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -264,7 +265,7 @@ def restart_and_recover(rig: KillRig, pgdata: Path, point: str = "embed_loaded:2
         seen = running.stop()
     resent = set(requested_hashes(rig.embed, mark)) & needed
     return Outcome(point, killed, resumed, stored, needed, resent,
-                   inspect(rig.database_url, rig.source, before), seen, seconds)
+                   inspect(rig.database_url, rig.source, before), seen, seconds, down)
 
 
 def driver_cmd(command: str, now: datetime, kb: str = KB) -> list[str]:
