@@ -57,11 +57,12 @@ def check_row(part: str, row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in KEYS}
 
 
-def run_parts(names: Sequence[str], quick: bool) -> tuple[list[dict[str, Any]], bool]:
+def run_parts(names: Sequence[str], quick: bool,
+              directory: Path = HERE) -> tuple[list[dict[str, Any]], bool]:
     """Run each part; return every row and whether all parts ran to the end."""
     rows: list[dict[str, Any]] = []
     clean = True
-    for name, path in discover().items():
+    for name, path in discover(directory).items():
         if names and name not in names:
             continue
         started = time.perf_counter()

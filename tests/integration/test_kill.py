@@ -11,10 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from kbrefresh.db import connect
+from kbrefresh import BuildLockedError, Retriever
+from kbrefresh.db import LOCK_NAMESPACE, connect
+from kbrefresh.embedders import OfflineEmbedder
+from kbrefresh.refresh.request import RefreshRequest
+from kbrefresh.refresh.sequence import RefreshHooks, run_refresh
 from kbrefresh.release.watch import ROLLED_BACK
+from kbrefresh.settings import Settings
+from tests.support.corpus import write_corpus
 from tests.support.kill import (
     KB,
     KillRig,
@@ -123,3 +130,55 @@ def test_kill_between_the_swap_and_the_mlflow_record(database_url: str, tmp_path
     # v2 went live and was killed before its run was written; the registry follows routing.
     assert runs[1] is not None and runs[2] is None and runs[3] is not None
     assert registry_state(settings, KB)["champion"] == 3
+
+
+class _DropLockSession(RefreshHooks):
+    """Ends the session holding the KB's refresh lock when ``step`` starts (a restart, for it)."""
+
+    def __init__(self, url: str, step: str) -> None:
+        self.url, self.step = url, step
+
+    def step_started(self, step: str) -> None:
+        if step == self.step:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks"
+                             " WHERE locktype = 'advisory' AND classid = %s", (LOCK_NAMESPACE,))
+
+
+def test_a_refresh_that_lost_its_lock_stops_and_the_next_run_resumes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write_corpus(tmp_path / "corpus", 8)
+    request = RefreshRequest(kb=KB, source=str(tmp_path / "corpus"))
+    embedder = OfflineEmbedder(dims=64)
+    hooks = _DropLockSession(settings.database_url.get_secret_value(), "plan_build")
+    with pytest.raises(BuildLockedError) as caught:
+        run_refresh(settings, request, embedder=embedder, hooks=hooks)
+    assert str(caught.value) == (
+        "the refresh of knowledge base 'kb' lost its lock (PostgreSQL restarted or the "
+        "connection dropped); it stopped before its next step and published nothing more; "
+        "run the refresh again to resume it")
+    with connect(settings) as conn:
+        statuses = [r["status"] for r in conn.execute("SELECT status FROM kb_versions")]
+    assert statuses == ["building"]  # left for the next run, which holds the lock, to take over
+    report = run_refresh(settings, request, embedder=embedder)
+    assert (report.version, report.resumed, report.live_version) == (1, True, 1)
+
+
+def test_the_retriever_survives_its_pooled_connection_dying(
+    settings: Settings, tmp_path: Path
+) -> None:
+    write_corpus(tmp_path / "corpus", 8)
+    embedder = OfflineEmbedder(dims=64)
+    run_refresh(settings, RefreshRequest(kb=KB, source=str(tmp_path / "corpus")),
+                embedder=embedder)
+    url = settings.database_url.get_secret_value()
+    with Retriever(KB, settings=settings, embedder=embedder, routing_ttl_seconds=0) as kb:
+        assert kb.search("invoice webhook").hits
+        with psycopg.connect(url, autocommit=True) as conn:  # what a server restart does to it
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'").fetchone()
+        assert ended is not None and ended[0] >= 1
+        assert kb.search("invoice webhook").hits
