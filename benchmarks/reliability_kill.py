@@ -119,8 +119,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             # Its own database on the same server: the restart ends every session of it.
             restarted = _with_rig(uri, root, lambda rig: restart_and_recover(rig, pgdata))
             rows.append(_refresh_row(
-                f"PostgreSQL crash-restart mid-embedding ({restarted.down_s:.1f} s down; "
-                "the refresh stops with one line, readers fail only while it is down)",
+                f"PostgreSQL crash-restart mid-embedding ({restarted.down_s:.1f} s down)",
                 restarted))
             rows += _release_rows(uri, root, quick)
     return rows
