@@ -21,6 +21,7 @@ from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from kbrefresh._faults import fault_point
 from kbrefresh._text import tokens_for_chars
 from kbrefresh.build.staging import HASH_KNOWN, STAGED
 from kbrefresh.embedders.base import Embedder
@@ -169,8 +170,10 @@ def _flush(
     vectors = embedder.embed(list(unique.values()))
     embedded = time.perf_counter()
     check_vectors(embedder, vectors, len(unique))
+    fault_point("embed_requested")
     load_rows(writer, table, version, rows, dict(zip(unique, vectors, strict=True)),
               storage=storage)
+    fault_point("embed_loaded")
     return embedded - started, time.perf_counter() - embedded
 
 

@@ -59,6 +59,11 @@ def start_version(
              kb_id, row["version"]),
         )
     _revert_abandoned(conn, kb_id, fp)
+    # Staging rows of any other version belong to a run that died after its swap or its
+    # rejection committed and before it cleared them: nothing else will ever read them.
+    for table in ("kb_build_chunks", "kb_build_docs"):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE kb_id = %s AND version IS DISTINCT FROM %s")
+                     .format(sql.Identifier(table)), (kb_id, resumed))
     if resumed is not None:
         # Redo the build from the base; vectors it already wrote stay reusable by hash.
         revert_version_rows(conn, fp.table, resumed)

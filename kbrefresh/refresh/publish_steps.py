@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.build import staging as build
 from kbrefresh.db import connect
 from kbrefresh.gate.evaluation import GateOutcome
@@ -71,6 +72,7 @@ def publish_version(
     with connect(settings, autocommit=True) as conn:
         change = routing.swap_live(conn, ticket.kb_id, ticket.kb, ticket.version,
                                    reason=reason, flow_run_id=flow_run_id)
+        fault_point("swap_committed")
         build.clear_staging(conn, ticket.kb_id, ticket.version)
         archived = routing.retire_old_versions(conn, ticket.kb_id, keep_versions or settings.keep_versions)
     return PublishResult(change.from_version, change.to_version, archived)

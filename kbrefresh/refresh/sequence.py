@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from kbrefresh._faults import fault_point
 from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ThrottleFn
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.ratelimit import RateLimits, rate_limits
@@ -151,9 +152,12 @@ class _Stepper:
     def __init__(self, runner: StepRunner, hooks: RefreshHooks) -> None:
         self.runner, self.hooks = runner, hooks
         self.seconds: dict[str, float] = {}
+        # Called before each step under the KB's lock: a run that lost it must stop.
+        self.guard: Callable[[], None] = _nothing
 
     def __call__(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         name = step.__name__
+        self.guard()
 
         def call() -> T:
             self.hooks.step_started(name)
@@ -176,6 +180,7 @@ class _Stepper:
     ) -> EmbedStats:
         """Run ``embed_steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
         name, stats = "embed_changed", NO_STATS
+        self.guard()
         call = partial(embed_steps.embed_batch, settings, ticket, embedder=embedder)
         started = time.perf_counter()
         self.hooks.step_started(name)
@@ -274,7 +279,8 @@ def run_refresh(
     if request.publish:
         steps.refuse_during_rollout(settings, request.kb)
     hooks.refresh_started(request)
-    with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds):
+    with steps.refresh_lock(settings, request.kb, wait_seconds=request.lock_wait_seconds) as lock:
+        step.guard = lock.check
         ticket = step(steps.begin_version, settings, request.kb, fingerprint,
                       source=request.source, flow_run_id=runner.flow_run_id)
         try:
@@ -319,15 +325,21 @@ def run_refresh(
                              flow_run_id=runner.flow_run_id, keep_versions=request.keep_versions)
         else:
             published = step(steps.stage_version, settings, ticket)
+        fault_point("published")
         build_record = record()
         if request.publish:
             # Off the critical path: the new version already serves while its segments merge.
             step(steps.compact_index, settings, request.kb)
+        step.guard = _nothing
     registry_warning = step(steps.sync_aliases, settings, request.kb)
     report = make_report(ticket, prepared, plan, stats, reuse, published, step.seconds,
                          outcome=outcome, record=build_record, registry_warning=registry_warning)
     hooks.refreshed(report)
     return report
+
+
+def _nothing() -> None:
+    return None
 
 
 def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Embedder:

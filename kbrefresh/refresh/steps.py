@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.build import staging as build
 from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.embedding import EmbedStats
@@ -69,9 +70,40 @@ def fingerprint_for(
     )
 
 
+class HeldLock:
+    """The KB's refresh lock, held by a session of its own; ``check`` before each step."""
+
+    def __init__(self, conn: psycopg.Connection[Any], kb: str, kb_id: int) -> None:
+        self.conn, self.kb, self.kb_id = conn, kb, kb_id
+
+    def held(self) -> bool:
+        """Whether the session still holds the lock (a restart or a dropped connection ends both)."""
+        try:
+            row = self.conn.execute(
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+                " AND objid = %s AND pid = pg_backend_pid() AND granted",
+                (LOCK_NAMESPACE, self.kb_id)).fetchone()
+        except psycopg.OperationalError:
+            return False
+        return bool(row and row["n"])
+
+    def check(self) -> None:
+        """Refuse to go on without the lock: another refresh may own the KB now.
+
+        Raises:
+            BuildLockedError: the lock's session ended (PostgreSQL restarted, the connection dropped).
+        """
+        if not self.held():
+            raise BuildLockedError(
+                f"the refresh of knowledge base {self.kb!r} lost its lock (PostgreSQL restarted "
+                "or the connection dropped); it stopped before its next step and published "
+                "nothing more; run the refresh again to resume it"
+            )
+
+
 @contextmanager
-def refresh_lock(settings: Settings, kb: str, *, wait_seconds: float = 0.0) -> Iterator[int]:
-    """Hold the KB's refresh lock (a session advisory lock); yield the KB id.
+def refresh_lock(settings: Settings, kb: str, *, wait_seconds: float = 0.0) -> Iterator[HeldLock]:
+    """Hold the KB's refresh lock (a session advisory lock) while the block runs.
 
     Raises:
         BuildLockedError: another refresh holds it after ``wait_seconds``.
@@ -103,9 +135,11 @@ def refresh_lock(settings: Settings, kb: str, *, wait_seconds: float = 0.0) -> I
                 "lock wait in seconds"
             )
         try:
-            yield kb_id
+            yield HeldLock(conn, kb, kb_id)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, kb_id))
+            # A session that ended (restart, dropped connection) took its lock with it.
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, kb_id))
 
 
 def begin_version(
@@ -183,6 +217,7 @@ def prepare_data(
                          counts={"expected_chunks": total, "staged_chunks": staged,
                                  "touched_documents": len(touched)})
         tag = store.version_row(conn, ticket.kb_id, ticket.version).dataset_tag
+        fault_point("prepare_staged")
         conn.commit()
     return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
 
@@ -313,6 +348,7 @@ def validate_candidate(
     else:
         outcome = run_gate(settings, ticket.kb, ticket.version, policy=policy, sets=sets,
                            build_smoke_failures=smoke.failures)
+    fault_point("gate_judged")
     with connect(settings) as conn:
         status = (store.VersionStatus.CANDIDATE if outcome.verdict.passed
                   else store.VersionStatus.REJECTED)

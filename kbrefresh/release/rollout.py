@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.errors import ConfigError, VersionError
 from kbrefresh.release import analysis as an
 from kbrefresh.release.rollout_policy import RolloutPolicy
@@ -240,6 +241,7 @@ def _move(conn: Conn, r: Rollout, action: str, detail: str, *, now: datetime,
         raise ValueError(f"unknown rollout action {action!r}")
     record_event(conn, r, action, detail, now, flow_run_id=flow_run_id, analysis=analysis,
                  actor=actor)
+    fault_point("rollout_moved")
     logger.info("rollout #%d of %r v%d: %s (%s)", r.id, r.kb, r.candidate, action, detail)
     return Transition(r, action, detail, analysis)
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kbrefresh import store
+from kbrefresh._faults import fault_point
 from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError, VersionError
 from kbrefresh.gate.evaluation import run_gate
@@ -90,16 +91,25 @@ def run_monitor_check(settings: Settings, kb: str, *, policy: ReleasePolicy, now
         m = measure(conn, kb_id, live, previous, (start, now), published_at, policy)
     m = _with_golden(settings, kb, m, row, policy)
     judgement = judge(m, policy)
-    with connect(settings, autocommit=True) as conn:
-        check_id = _record(conn, kb_id, live, now, (start, now), m, judgement, flow_run_id)
     result = CheckResult(kb, live, now, NONE if act else REPORT_ONLY, (start, now), m, judgement,
-                         check_id, previous, live, mlflow_run_id=row.mlflow_run_id)
-    if act and judgement.rollback:
-        result = _roll_back(settings, kb, kb_id, result, flow_run_id)
-    elif act and now - published_at >= policy.validation_period:
+                         None, previous, live, mlflow_run_id=row.mlflow_run_id)
+    # The check row and the rollback it calls for commit together: a monitor killed in
+    # between left a failed check recorded and nothing rolled back, and the next check's
+    # window started after it, so the bad version stayed live (found by the kill harness).
+    with connect(settings) as conn:
+        result = replace(result, check_id=_record(conn, kb_id, live, now, (start, now), m,
+                                                  judgement, flow_run_id))
+        if act and judgement.rollback:
+            fault_point("monitor_judged")
+            result = _roll_back(conn, kb, kb_id, result, flow_run_id)
+        conn.execute("UPDATE monitor_checks SET action = %s WHERE id = %s",
+                     (result.action, result.check_id))
+        conn.commit()
+    if act and not judgement.rollback and now - published_at >= policy.validation_period:
         result = _prove(settings, kb, kb_id, result, policy, now)
-    with connect(settings, autocommit=True) as conn:
-        conn.execute("UPDATE monitor_checks SET action = %s WHERE id = %s", (result.action, check_id))
+        with connect(settings, autocommit=True) as conn:
+            conn.execute("UPDATE monitor_checks SET action = %s WHERE id = %s",
+                         (result.action, result.check_id))
     return result
 
 
@@ -206,13 +216,13 @@ def _record(conn: store.Conn, kb_id: int, version: int, now: datetime,
     return int(row["id"])
 
 
-def _roll_back(settings: Settings, kb: str, kb_id: int, result: CheckResult,
+def _roll_back(conn: store.Conn, kb: str, kb_id: int, result: CheckResult,
                flow_run_id: str | None) -> CheckResult:
+    """Roll back inside the caller's transaction (the one that records the check)."""
     assert result.judgement is not None
     reason = f"post-deploy monitor: {result.judgement.reason()}"
     try:
-        with connect(settings, autocommit=True) as conn:
-            change = routing.rollback(conn, kb_id, kb, reason=reason, flow_run_id=flow_run_id)
+        change = routing.rollback(conn, kb_id, kb, reason=reason, flow_run_id=flow_run_id)
     except VersionError as exc:
         logger.error("monitor of %r: criteria failed but no rollback possible: %s", kb, exc)
         return _replace(result, notes=(f"rollback impossible: {exc}",))

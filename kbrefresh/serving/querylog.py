@@ -11,10 +11,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 _MAX_IDLE_CONNECTIONS = 8
 
 Conn = psycopg.Connection[dict[str, Any]]
+T = TypeVar("T")
 Row = tuple[Literal["query", "feedback"], tuple[Any, ...]]
 
 _QUERY_COPY = (
@@ -97,13 +98,40 @@ class Pool:
         try:
             yield conn
         finally:
-            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            with self._lock:
-                keep = idle and not self._closed and len(self._idle) < _MAX_IDLE_CONNECTIONS
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
+            self._give_back(conn)
+
+    def run(self, work: Callable[[Conn], T]) -> T:
+        """Return ``work(conn)`` on a pooled connection, again on a new one if a reused one was dead.
+
+        An idle connection learns that the server restarted (or dropped it) only when it is
+        used: measured in the kill harness, each reader's first search after a PostgreSQL
+        restart failed on its pooled connection although the server was back.
+        """
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            try:
+                return work(conn)
+            except psycopg.OperationalError:
+                if not conn.broken:
+                    raise
+                with self._lock:  # the other idle connections died with the same server
+                    dead, self._idle = self._idle, []
+                for other in dead:
+                    other.close()
+            finally:
+                self._give_back(conn)
+        with self.connection() as fresh:
+            return work(fresh)
+
+    def _give_back(self, conn: Conn) -> None:
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with self._lock:
+            keep = idle and not self._closed and len(self._idle) < _MAX_IDLE_CONNECTIONS
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:

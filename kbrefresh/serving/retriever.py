@@ -196,9 +196,8 @@ class Retriever:
             vector = served.embedder.embed([served.expand(query)])[0]
             # The version's query adapters move only their segment's queries.
             searched = apply_adapters([vector], served.adapters)[0] if served.adapters else vector
-            with self._pool.connection() as conn:
-                hits = search_version(conn, served.table, version, searched, k,
-                                      session_configured=True)
+            hits = self._pool.run(lambda conn: search_version(
+                conn, served.table, version, searched, k, session_configured=True))
         except (psycopg.Error, KBRefreshError) as exc:
             # A failed search is logged too: rollouts and the monitor need its error rate.
             self._log(query_id, hashed, query, version, started, [], None, type(exc).__name__)
@@ -301,11 +300,10 @@ class Retriever:
             if routing is not None and self._clock() < routing.expires_at:
                 return routing  # another thread re-read it while we waited
             try:
-                with self._pool.connection() as conn:
-                    row = conn.execute(
-                        "SELECT live_version, canary_version, canary_percent FROM kb_routing"
-                        " WHERE kb_id = %s", (self._kb_id,),
-                    ).fetchone()
+                row = self._pool.run(lambda conn: conn.execute(
+                    "SELECT live_version, canary_version, canary_percent FROM kb_routing"
+                    " WHERE kb_id = %s", (self._kb_id,),
+                ).fetchone())
             except psycopg.Error as exc:
                 raise self._db_error(exc) from exc
             if row is None:
@@ -329,10 +327,10 @@ class Retriever:
             return served
         with self._lock:
             try:
-                with self._pool.connection() as conn:
-                    fp = store.fingerprint_for_version(conn, self._kb_id, version)
-                    adapters = load_adapters(conn, self._kb_id, version)
-                    expand = query_expander(conn, self._kb_id, version)
+                fp, adapters, expand = self._pool.run(lambda conn: (
+                    store.fingerprint_for_version(conn, self._kb_id, version),
+                    load_adapters(conn, self._kb_id, version),
+                    query_expander(conn, self._kb_id, version)))
             except psycopg.Error as exc:
                 raise self._db_error(exc) from exc
             if self._embedder is not None:

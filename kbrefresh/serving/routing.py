@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from kbrefresh._faults import fault_point
 from kbrefresh.errors import DatabaseError, VersionError
 from kbrefresh.store import (
     KEPT,
@@ -83,6 +84,7 @@ def swap_live(
             )
         _route(conn, kb_id, current, version, "swap", reason, flow_run_id,
                old_status=VersionStatus.RETIRED)
+        fault_point("swap_routed")
     ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("swap", current, version)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from kbrefresh._faults import fault_point
 from kbrefresh.store.rows import Conn
 from kbrefresh.store.tables import HNSW_MAX_DIMS_BY_STORAGE, FingerprintTable
 
@@ -137,6 +138,7 @@ def _set_indexes(conn: Conn, fp: FingerprintTable, wanted: list[tuple[str, sql.C
     for name, definition in wanted:
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ").format(
             sql.Identifier(name), sql.Identifier(fp.table)) + definition)
+    fault_point("index_created")
     conn.execute("UPDATE kb_fingerprints SET main_upto = %s, delta_upto = %s WHERE id = %s",
                  (main_upto, delta_upto, fp.id))
     for index in old:
