@@ -126,6 +126,7 @@ def _reader(kind: str, number: int, url: str, config: LoadConfig, out: str,
     import psycopg
     from psycopg.rows import dict_row
 
+    from kbrefresh.errors import KBRefreshError
     from kbrefresh.settings import Settings
 
     rng = random.Random(config.seed * 1000 + number)
@@ -153,7 +154,7 @@ def _reader(kind: str, number: int, url: str, config: LoadConfig, out: str,
             else:
                 assert conn is not None
                 record.update(_view_query(conn, kind, rng, config))
-        except Exception as exc:  # every failure is what we count
+        except (psycopg.Error, KBRefreshError) as exc:  # every failure is what we count
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
         record["ms"] = (time.monotonic() - started) * 1000.0
         records.append(record)
