@@ -9,7 +9,6 @@ next run sends only the batches that never finished (counted at the server).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,57 +18,33 @@ from kbrefresh import store
 from kbrefresh._text import tokens_for_chars
 from kbrefresh.db import connect
 from kbrefresh.errors import BudgetExceeded, EmbeddingError
-from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.settings import Settings
 from tests.support.build import refresh
 from tests.support.cli import invoke
 from tests.support.corpus import write_corpus
+from tests.support.faults import (
+    BATCH,
+    EMBED_DIMS,
+    FAILED,
+    PASSED,
+    RECOVERED,
+    SMOKE_ONLY,
+    SMOKE_ONLY_YAML,
+    Fault,
+    add_documents,
+    chunk_requests,
+    chunk_texts,
+    fault_env,
+)
 from tests.support.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.integration
-
-BATCH = 4
-PASSED = 2  # batches of the second build that finish before the fault
-EMBED_DIMS = 64
-# Smoke checks only: the gate's p95 latency rule flakes on a loaded machine, and the
-# faults under test are the embedder's.
-SMOKE_ONLY = AcceptancePolicy(rules=(), max_slice_disparity=(), max_size_ratio=None)
-SMOKE_ONLY_YAML = "rules: []\nmax_slice_disparity: []\nmax_size_ratio: null\n"
 
 
 @pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(default_dims=EMBED_DIMS) as running:
         yield running
-
-
-def fault_env(database_url: str, data_dir: Path, server: FakeOpenAIServer, *, retries: int,
-              timeout: float = 10.0) -> dict[str, str]:
-    return {f"KBREFRESH_{k}": v for k, v in {
-        "DATABASE_URL": database_url, "DATA_DIR": str(data_dir), "EMBEDDER": "openai",
-        "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "unused",
-        "EMBEDDING_MODEL": "fake-embed", "EMBEDDING_DIMS": str(EMBED_DIMS),
-        "EMBED_BATCH_SIZE": str(BATCH), "OPENAI_MAX_RETRIES": str(retries),
-        "OPENAI_TIMEOUT_SECONDS": str(timeout), "TRACKING": "false",
-        "MAINTENANCE_WORK_MEM": "64MB",
-    }.items()}
-
-
-OTHER_WORDS = ["orchard", "glacier", "violin", "harbour", "meadow", "lantern", "saffron",
-               "quartz", "falcon", "tundra", "mosaic", "canyon", "pebble", "walnut"]
-
-
-def add_documents(root: Path, n: int = 12, seed: int = 99) -> None:
-    """Write ``n`` documents in other words than the corpus (the gate's title queries stay apart)."""
-    rng = random.Random(seed)
-    for i in range(n):
-        words = [rng.choice(OTHER_WORDS) for _ in range(120)]
-        title = f"{OTHER_WORDS[i % len(OTHER_WORDS)].title()} {rng.choice(OTHER_WORDS)} {i}"
-        body = " ".join(words[:60]).capitalize() + ".\n\n" + " ".join(words[60:]).capitalize()
-        path = root / "added" / f"doc-{i:03d}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"---\ntitle: {title}\ncategory: general\nupdated: 2026-11-01\n---\n"
-                        f"# {title}\n\n## Part 1\n\n{body}.\n\n## Part 2\n\n{body}.\n", "utf-8")
 
 
 @pytest.fixture
@@ -96,11 +71,6 @@ def source_of(tmp_path: Path) -> str:
     return str(tmp_path / "src")
 
 
-def embedded_inputs(server: FakeOpenAIServer) -> list[str]:
-    """Chunk texts sent (the smoke check's and the gate's queries are short titles)."""
-    return [t for r in server.requests for t in r.inputs if len(t) > 100]
-
-
 def routing(settings: Settings) -> tuple[int | None, dict[int, str]]:
     with connect(settings) as conn:
         kb_id = store.get_kb_id(conn, "kb")
@@ -111,29 +81,19 @@ def routing(settings: Settings) -> tuple[int | None, dict[int, str]]:
     return live["live_version"] if live else None, {r["version"]: str(r["status"]) for r in rows}
 
 
-RECOVERED = [
-    ("429 storm with retry-after-ms",
-     lambda s: s.fail_next(429, times=2, retry_after_ms="20"), 2),
-    ("5xx burst", lambda s: s.fail_next(503, times=2), 2),
-    ("timeout", lambda s: s.hang_next(), 1),
-    ("connection reset", lambda s: s.reset_next(times=2), 2),
-    ("connection dropped", lambda s: s.drop_next(times=2), 2),
-]
-
-
-@pytest.mark.parametrize(("fault", "inject", "extra"), RECOVERED, ids=[r[0] for r in RECOVERED])
+@pytest.mark.parametrize("fault", RECOVERED, ids=[f.name for f in RECOVERED])
 def test_a_fault_within_the_retries_costs_only_the_retried_requests(
-    built: Callable[..., Settings], server: FakeOpenAIServer, tmp_path: Path, fault: str,
-    inject: Callable[[FakeOpenAIServer], None], extra: int,
+    built: Callable[..., Settings], server: FakeOpenAIServer, tmp_path: Path, fault: Fault,
 ) -> None:
     settings = built(retries=2, timeout=1.0)
     server.pass_next(PASSED)
-    inject(server)
+    fault.inject(server)
+    extra = fault.requests
     report = refresh(settings, "kb", source_of(tmp_path), policy=SMOKE_ONLY)
     assert (report.version, report.texts_embedded) == (2, 24)
     retried = [r for r in server.requests if r.retry_count > 0]
     assert len(retried) == extra
-    assert len(embedded_inputs(server)) == 24 + extra * BATCH
+    assert len(chunk_texts(server)) == 24 + extra * BATCH
     assert routing(settings)[0] == 2
 
 
@@ -149,33 +109,15 @@ def test_retry_after_in_seconds_is_waited_for(
     assert retried.received_at - refused.received_at >= 0.95  # the server's wish, not backoff
 
 
-FAILED = [
-    ("429 storm", lambda s: s.fail_next(429, times=2, retry_after_ms="20"),
-     "failed with HTTP 429 (retries allowed: 1)", 2),
-    ("429 asking for 10 minutes", lambda s: s.fail_next(429, retry_after="600"),
-     "the server asked to wait 600s (Retry-After), longer than the 120s", 1),
-    ("5xx burst", lambda s: s.fail_next(502, times=2),
-     "failed with HTTP 502 (retries allowed: 1)", 2),
-    ("timeouts", lambda s: s.hang_next(times=2), "timed out after 0.5s (retries allowed: 1)", 2),
-    ("connection resets", lambda s: s.reset_next(times=2), "could not connect to 127.0.0.1", 2),
-    ("wrong dimensions", lambda s: s.wrong_dims_next(32),
-     "expected 64 dimensions from model 'fake-embed', got 32 (input 0)", 1),
-    ("NaN in a vector", lambda s: s.nan_next(index=2),
-     "returned a non-finite value (NaN or inf) for input 2", 1),
-    ("fewer vectors than inputs", lambda s: s.short_next(),
-     "expected 4 embeddings indexed 0..3 from model 'fake-embed', got 3", 1),
-]
-
-
-@pytest.mark.parametrize(("fault", "inject", "message", "sent"), FAILED,
-                         ids=[f[0] for f in FAILED])
+@pytest.mark.parametrize("fault", FAILED, ids=[f.name for f in FAILED])
 def test_a_fault_beyond_the_retries_fails_cleanly_and_the_next_run_resumes(
     built: Callable[..., Settings], server: FakeOpenAIServer, tmp_path: Path, database_url: str,
-    fault: str, inject: Callable[[FakeOpenAIServer], None], message: str, sent: int,
+    fault: Fault,
 ) -> None:
     settings = built(retries=1, timeout=0.5)
     server.pass_next(PASSED)
-    inject(server)
+    fault.inject(server)
+    message, sent = fault.message, fault.requests
     env = fault_env(database_url, tmp_path / "data", server, retries=1, timeout=0.5)
     policy = tmp_path / "policy.yaml"
     policy.write_text(SMOKE_ONLY_YAML, "utf-8")
@@ -187,13 +129,13 @@ def test_a_fault_beyond_the_retries_fails_cleanly_and_the_next_run_resumes(
     assert "Traceback" not in result.output and "unused" not in result.output
     # PASSED batches answered, then the failing batch's attempts; nothing after the failure.
     assert len(server.requests) == PASSED + sent
-    finished = embedded_inputs(server)[: PASSED * BATCH]
+    finished = chunk_texts(server)[: PASSED * BATCH]
     live, statuses = routing(settings)
     assert live == 1 and statuses == {1: "live", 2: "failed"}
 
     server.requests.clear()
     report = refresh(settings, "kb", source_of(tmp_path), policy=SMOKE_ONLY)
-    resent = set(embedded_inputs(server))
+    resent = set(chunk_texts(server))
     assert report.version == 3 and routing(settings)[0] == 3
     assert report.texts_embedded == 24 - PASSED * BATCH
     assert not resent & set(finished), "a finished batch was embedded again"
@@ -209,10 +151,6 @@ def test_the_embedder_error_is_one_line_and_names_no_key(
         refresh(settings, "kb", source_of(tmp_path), policy=SMOKE_ONLY)
     assert "\n" not in str(caught.value).replace("\\n", "")
     assert routing(settings)[1][2] == "failed"
-
-
-def chunk_requests(server: FakeOpenAIServer) -> list[tuple[str, ...]]:
-    return [r.inputs for r in server.requests if r.inputs and len(r.inputs[0]) > 100]
 
 
 def tokens_of(inputs: tuple[str, ...]) -> int:
