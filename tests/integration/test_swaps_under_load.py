@@ -73,6 +73,7 @@ def test_a_swap_to_another_fingerprint_needs_no_lock_on_the_view_a_reader_holds(
             connect(settings, autocommit=True) as conn:
         view_rows(holder)  # holds the view's lock until commit, as a long query does
         kb_id = store.get_kb_id(conn, swapload.KB)
+        view_oid = conn.execute("SELECT %s::regclass::oid AS o", (swapload.VIEW,)).fetchone()
         # Any DDL on the view would now wait; 1 s is far more than a swap needs.
         conn.execute("SET lock_timeout = '1s'")
         routing.swap_live(conn, kb_id, swapload.KB, staged, reason="test", flow_run_id=None)
@@ -80,6 +81,9 @@ def test_a_swap_to_another_fingerprint_needs_no_lock_on_the_view_a_reader_holds(
         routing.rollback(conn, kb_id, swapload.KB, reason="test")
         after_rollback = view_rows(reader)
         holder.commit()
+        # The same view throughout: no swap redefined it (each once did, with an exclusive
+        # lock: the deparsed definition never matched the check).
+        assert conn.execute("SELECT %s::regclass::oid AS o", (swapload.VIEW,)).fetchone() == view_oid
     for rows, version in ((after_swap, staged), (after_rollback, live)):
         assert {r["version"] for r in rows} == {version}
         assert {(r["doc_id"], r["chunk_index"], r["content"]) for r in rows} == rows_of(
