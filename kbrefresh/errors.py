@@ -8,6 +8,7 @@
     ├── DatabaseError                       Postgres unreachable, pgvector missing, migration refused
     │   └── MigrationError
     ├── BuildLockedError                    another refresh of the same KB holds the lock
+    ├── BudgetExceeded                      the next embedding batch would pass a build's token/time budget
     ├── VersionError                        unknown version, nothing to roll back to, bad state
     └── GateFailed                          a candidate failed validation; carries the verdict
 """
@@ -51,6 +52,10 @@ class MigrationError(DatabaseError):
 
 class BuildLockedError(KBRefreshError):
     """Another refresh of the same knowledge base is running."""
+
+
+class BudgetExceeded(KBRefreshError):
+    """A build stopped before its next embedding batch would pass its token or time budget."""
 
 
 class VersionError(KBRefreshError):

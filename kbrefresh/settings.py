@@ -41,6 +41,8 @@ EXPECTED: dict[str, str] = {
     "tracking": "true or false",
     "maintenance_work_mem": "a PostgreSQL memory size from 1MB to 64GB, such as 64MB or 1GB",
     "keep_versions": "an integer from 1 to 100",
+    "build_max_tokens": "an integer of at least 1, or unset",
+    "build_max_seconds": "a number of seconds > 0, or unset",
     "embed_parallelism": "an integer from 1 to 64",
     "embed_requests_per_minute": "an integer of at least 2, or unset",
     "embed_tokens_per_minute": "an integer of at least 2, or unset",
@@ -133,6 +135,10 @@ class Settings(BaseSettings):
     # this share of the rows in it (a rebuild, off the critical path; 0: after every build).
     compact_share: float = Field(default=0.2, ge=0, le=10)
     keep_versions: int = Field(default=2, ge=1, le=100)
+    # A build's budget (RefreshRequest.max_tokens / max_seconds override): checked before
+    # each embedding batch against the plan's token estimate; None means no limit.
+    build_max_tokens: int | None = Field(default=None, ge=1)
+    build_max_seconds: float | None = Field(default=None, gt=0)
 
     # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
     # receives JSON, and Prefect notification blocks by name ("slack-oncall,email-ml").

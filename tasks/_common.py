@@ -11,7 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from kbrefresh._text import slug
+from kbrefresh.embedders.openai import CLIENT_MAX_RETRY_AFTER, retry_after
 from kbrefresh.errors import (
+    BudgetExceeded,
     BuildLockedError,
     ConfigError,
     DatabaseError,
@@ -25,6 +27,7 @@ from kbrefresh.errors import (
 # Errors that a second attempt cannot fix: bad data, bad config, a failed gate,
 # a held lock, a version in the wrong state.
 _PERMANENT = (
+    BudgetExceeded,
     DataQualityError,
     GateFailed,
     ConfigError,
@@ -55,6 +58,11 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, openai.APITimeoutError | openai.APIConnectionError):
             return True
         if isinstance(current, openai.APIStatusError):
+            # A server asking for a longer wait than the client allows is not retried
+            # sooner by a task either (the next attempt would only be refused again).
+            wait = retry_after(current)
+            if wait is not None and wait > CLIENT_MAX_RETRY_AFTER:
+                return False
             return current.status_code == 429 or current.status_code >= 500
         current = current.__cause__
     return False

@@ -72,6 +72,10 @@ def refresh_kb(
     keep: Annotated[int | None, typer.Option(help="Versions to keep (live included).")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running refresh.")] = 0.0,
     policy: Annotated[Path | None, typer.Option(help="Acceptance policy file (YAML/TOML).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Token budget of this run (plan estimate, checked before each batch).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        help="Time budget of this run in seconds (checked before each batch).")] = None,
 ) -> None:
     """Refresh a knowledge base from a source: embed what changed, validate, swap live."""
     settings = read_settings()
@@ -81,6 +85,7 @@ def refresh_kb(
             max_age_days=max_age_days, max_chars=max_chars, overlap_chars=overlap_chars,
             header_template=header_template, keep_versions=keep, lock_wait_seconds=wait,
             policy_file=str(policy) if policy else None, reason="refresh",
+            max_tokens=max_tokens, max_seconds=max_seconds,
         )
         print_report(report)
 

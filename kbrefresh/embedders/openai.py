@@ -24,7 +24,7 @@ import openai
 
 from kbrefresh.errors import ConfigError, EmbeddingError
 
-__all__ = ["KNOWN_MODELS", "OpenAIEmbedder"]
+__all__ = ["CLIENT_MAX_RETRY_AFTER", "KNOWN_MODELS", "OpenAIEmbedder", "retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ KNOWN_MODELS: dict[str, tuple[int, bool]] = {
 }
 MAX_BATCH_SIZE = 2048  # the API's limit on inputs per request
 MAX_DIMS = 16000  # pgvector's limit for the vector type
+#: The openai client (2.x/3.x) honours Retry-After / retry-after-ms up to two minutes and
+#: does not retry at all when the server asks for longer.
+CLIENT_MAX_RETRY_AFTER = 120.0
 
 _MIN_SECRET_LEN = 8
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_*\-]{4,}")
@@ -266,6 +269,12 @@ class OpenAIEmbedder:
                 status, "the server kept failing; try again later" if status >= 500 else ""
             )
             detail = self._redact(_server_message(exc))
+            wait = retry_after(exc)
+            if wait is not None and wait > CLIENT_MAX_RETRY_AFTER:
+                # The client does not retry then (it would sleep longer than it allows).
+                hint = (f"the server asked to wait {wait:g}s (Retry-After), longer than the "
+                        f"{CLIENT_MAX_RETRY_AFTER:g}s the openai client waits, so it was not "
+                        "retried; run the refresh again later (finished batches are kept)")
             message = (
                 f"embedding request to {where} failed with HTTP {status} "
                 f"(retries allowed: {self.max_retries})"
@@ -345,6 +354,19 @@ def _server_message(exc: openai.APIStatusError) -> str:
     if isinstance(body, str):
         return body[:300]
     return ""
+
+
+def retry_after(exc: openai.APIStatusError) -> float | None:
+    """Return the seconds the server asked to wait (``retry-after-ms`` or ``Retry-After``)."""
+    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = exc.response.headers.get(header)
+        if value is not None:
+            try:
+                seconds = float(value) / divisor
+            except ValueError:
+                continue
+            return seconds if math.isfinite(seconds) else None
+    return None
 
 
 def _preview(values: list[int]) -> str:

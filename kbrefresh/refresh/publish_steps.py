@@ -90,6 +90,8 @@ def stage_version(settings: Settings, ticket: BuildTicket) -> PublishResult:
     """Keep a gated candidate out of traffic (for a rollout to deliver); live is unchanged."""
     with connect(settings, autocommit=True) as conn:
         build.clear_staging(conn, ticket.kb_id, ticket.version)
+        # A new fingerprint's table joins the live view now, so its promotion needs no DDL.
+        routing.ensure_live_view(conn, ticket.kb_id, ticket.kb, also=ticket.version)
     return PublishResult(ticket.live_version, ticket.live_version, [])
 
 

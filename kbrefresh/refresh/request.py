@@ -13,11 +13,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kbrefresh.build.budget import BuildBudget
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.policy import AcceptancePolicy, load_policy
 from kbrefresh.models import ChunkerConfig
 from kbrefresh.retraining.profiles import KbProfiles, load_profiles
+from kbrefresh.settings import Settings
 from kbrefresh.store import validate_kb_name
 
 # kb_<name>_live must fit PostgreSQL's 63-byte identifiers (store.validate_kb_name counts bytes).
@@ -73,6 +75,13 @@ class RefreshRequest(BaseModel):
                     "KBREFRESH_KEEP_VERSIONS (2)")
     lock_wait_seconds: float = Field(default=0, ge=0, le=3600,
                                      description="Seconds to wait for a running refresh")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens this run may send to the embedder "
+        "(the plan's estimate, checked before each batch); empty means "
+        "KBREFRESH_BUILD_MAX_TOKENS or no limit")
+    max_seconds: float | None = Field(
+        default=None, gt=0, le=7 * 86400, description="Most seconds this run may take "
+        "before its next embedding batch; empty means KBREFRESH_BUILD_MAX_SECONDS or no limit")
     reason: Reason = "scheduled refresh"
     publish: bool = Field(default=True, description="Swap live after the gate; false keeps "
                           "the gated candidate out of traffic for a canary or A/B rollout")
@@ -99,6 +108,13 @@ class RefreshRequest(BaseModel):
 
     def profiles(self) -> KbProfiles | None:
         return load_profiles(self.profile_file) if self.profile_file else None
+
+    def budget(self, settings: Settings) -> BuildBudget:
+        """This run's budget: the request's limits, else the settings'."""
+        return BuildBudget(
+            max_tokens=self.max_tokens if self.max_tokens is not None else settings.build_max_tokens,
+            max_seconds=(self.max_seconds if self.max_seconds is not None
+                         else settings.build_max_seconds))
 
     def quality_policy(self) -> QualityPolicy:
         return QualityPolicy(max_shrink=self.max_shrink, max_age_days=self.max_age_days)

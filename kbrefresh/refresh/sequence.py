@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from kbrefresh._faults import fault_point
+from kbrefresh.build.budget import AdmittedBatches, BudgetGuard
 from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ThrottleFn
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.ratelimit import RateLimits, rate_limits
@@ -176,18 +177,25 @@ class _Stepper:
 
     def embed(
         self, settings: Settings, ticket: BuildTicket, batches: Sequence[EmbedBatch],
-        embedder: Embedder, *, total_texts: int,
+        embedder: Embedder, *, total_texts: int, guard: BudgetGuard | None = None,
     ) -> EmbedStats:
-        """Run ``embed_steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``."""
+        """Run ``embed_steps.embed_batch`` over ``batches`` through the runner, as ``embed_changed``.
+
+        With a ``guard``, each batch is admitted by the build's budget before it is handed
+        to the runner (so the check holds whatever process runs the batch).
+        """
         name, stats = "embed_changed", NO_STATS
         self.guard()
         call = partial(embed_steps.embed_batch, settings, ticket, embedder=embedder)
+        items = AdmittedBatches(batches, guard) if guard is not None else batches
         started = time.perf_counter()
         self.hooks.step_started(name)
         try:
-            for done in self.runner.map("embed_batch", call, batches,
+            for done in self.runner.map("embed_batch", call, items,
                                         parallelism=settings.embed_parallelism):
                 stats += done
+                if guard is not None:
+                    guard.batch_finished()
                 self.hooks.embed_progress(stats.texts, total_texts)
         except BaseException as exc:
             self.hooks.step_failed(name, exc)
@@ -267,7 +275,11 @@ def run_refresh(
         GateFailed: the candidate failed smoke checks or the validation gate (marked
             rejected; live untouched).
         BuildLockedError: another refresh of the KB is running.
+        BudgetExceeded: the next embedding batch would pass the request's token or time
+            budget (version failed, nothing published, finished batches reused next run).
     """
+    started = time.monotonic()
+    budget = request.budget(settings)
     runner = runner or DirectRunner()
     hooks = _FanOut([runner.hooks] + ([hooks] if hooks else []))
     step = _Stepper(runner, hooks)
@@ -294,8 +306,10 @@ def run_refresh(
                                  embedder=embedder) if settings.embed_batch_api else NO_STATS)
             batches = step(embed_steps.plan_embedding, settings, ticket,
                            first_doc_ids=embed_first)
+            guard = (BudgetGuard(budget, kb=request.kb, started=started,
+                                 plan_tokens=plan.estimated_tokens) if budget.active else None)
             stats = by_batch_api + step.embed(settings, ticket, batches, embedder,
-                                              total_texts=plan.to_embed_texts)
+                                              total_texts=plan.to_embed_texts, guard=guard)
             step.seconds["embed_only"] = stats.embed_seconds
             if settings.tracking:
                 runs.warm_up()  # the steps below mostly wait on Postgres

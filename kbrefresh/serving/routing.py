@@ -68,6 +68,8 @@ def swap_live(
     conn: Conn, kb_id: int, kb_name: str, version: int, *, reason: str, flow_run_id: str | None
 ) -> RouteChange:
     """Make ``version`` (a candidate that passed its checks) live in one short transaction."""
+    # Any DDL first: the view covers the candidate's table before routing names it.
+    ensure_live_view(conn, kb_id, kb_name, also=version)
     with conn.transaction():
         current = _lock_routing(conn, kb_id)
         refuse_during_rollout(conn, kb_id, kb_name, except_version=version)
@@ -85,7 +87,6 @@ def swap_live(
         _route(conn, kb_id, current, version, "swap", reason, flow_run_id,
                old_status=VersionStatus.RETIRED)
         fault_point("swap_routed")
-    ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("swap", current, version)
 
 
@@ -99,6 +100,7 @@ def rollback(
     flow_run_id: str | None = None,
 ) -> RouteChange:
     """Route back to the previous live version (or ``to_version``); the current one is rolled back."""
+    ensure_live_view(conn, kb_id, kb_name, also=to_version)  # normally nothing to do
     with conn.transaction():
         current = _lock_routing(conn, kb_id)
         if current is None:
@@ -123,7 +125,6 @@ def rollback(
         # The version's query adapters leave with it.
         conn.execute("DELETE FROM kb_query_adapters WHERE kb_id = %s AND version = %s",
                      (kb_id, current))
-    ensure_live_view(conn, kb_id, kb_name)
     return RouteChange("rollback", current, target)
 
 
@@ -227,38 +228,85 @@ def history(conn: Conn, kb_id: int, limit: int = 20) -> list[RoutingEvent]:
     ]
 
 
-def ensure_live_view(conn: Conn, kb_id: int, kb_name: str, *, attempts: int = 5) -> None:
-    """Point ``kb_<name>_live`` at the live version's chunk table (DDL only when it moved)."""
-    live = live_version(conn, kb_id)
-    if live is None:
-        return
-    table = fingerprint_for_version(conn, kb_id, live).table
+# Each repoint attempt makes new readers of the view queue behind it for at most this
+# long; a long reader only delays the repoint (retried), never stalls readers for its length.
+VIEW_LOCK_TIMEOUT = "100ms"
+VIEW_ATTEMPTS = 60
+
+
+def _view_tables(conn: Conn, kb_id: int, also: int | None = None) -> list[tuple[int, str, str]]:
+    """Return (fingerprint id, table, storage) of every fingerprint a kept version uses."""
+    rows = conn.execute(
+        "SELECT f.id, f.table_name, f.storage FROM kb_fingerprints f WHERE f.kb_id = %s AND ("
+        " f.id = (SELECT v.fingerprint_id FROM kb_versions v WHERE v.kb_id = %s AND v.version = %s)"
+        " OR EXISTS (SELECT 1 FROM kb_versions v WHERE v.fingerprint_id = f.id"
+        " AND v.status = ANY(%s))) ORDER BY f.id",
+        (kb_id, kb_id, also, list(KEPT)),
+    ).fetchall()
+    return [(int(r["id"]), str(r["table_name"]), str(r["storage"])) for r in rows
+            if table_exists(conn, str(r["table_name"]))]
+
+
+def _view_dependencies(conn: Conn, view: str) -> set[str] | None:
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) AS oid", (view,)).fetchone()
+    if row is None or row["oid"] is None:
+        return None
+    return {str(r["name"]) for r in conn.execute(
+        "SELECT DISTINCT c.relname AS name FROM pg_rewrite w JOIN pg_depend d ON d.objid = w.oid"
+        " JOIN pg_class c ON c.oid = d.refobjid WHERE w.ev_class = quote_ident(%s)::regclass"
+        " AND d.refobjid <> w.ev_class", (view,)).fetchall()}
+
+
+def ensure_live_view(
+    conn: Conn, kb_id: int, kb_name: str, *, also: int | None = None, exact: bool = False,
+    attempts: int = VIEW_ATTEMPTS,
+) -> None:
+    """Make ``kb_<name>_live`` cover every kept chunk table (plus ``also``'s); DDL only when that set changes.
+
+    Each table is one branch of a ``UNION ALL`` that keeps only rows of the live version,
+    and only while the live version's fingerprint is that table's. A statement reads one
+    routing row, so a swap or rollback (even to another fingerprint's table) changes what
+    the view returns atomically, with no DDL: a reader never sees rows of another table
+    labelled with the live version, nor an empty view while a repoint waits for a lock.
+    A table no kept version uses stays in the view (its branch returns nothing) unless
+    ``exact``: only dropping the table needs it gone, so swaps and rollbacks never shrink it.
+    """
     view = live_view_name(kb_name)
-    row = conn.execute(
-        "SELECT definition FROM pg_views WHERE schemaname = current_schema() AND viewname = %s",
-        (view,),
-    ).fetchone()
-    if row is not None and f"FROM {table} c" in " ".join(str(row["definition"]).split()):
+    tables = _view_tables(conn, kb_id, also)
+    if not tables:
         return
-    statement = sql.SQL(
-        "DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS SELECT c.id, c.doc_id, c.chunk_index,"
-        " c.content, c.metadata, c.embedding, r.live_version AS version FROM {table} c"
-        " JOIN kb_routing r ON r.kb_id = {kb_id} WHERE c.valid_from <= r.live_version"
+    deps = _view_dependencies(conn, view)
+    wanted = {t for _, t, _ in tables} | {"kb_routing", "kb_versions"}
+    if deps is not None and (deps == wanted or (not exact and deps >= wanted)):
+        return
+    mixed = len({storage for _, _, storage in tables}) > 1
+    branches = [sql.SQL(
+        "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata, c.embedding{cast},"
+        " r.live_version AS version FROM {table} c JOIN kb_routing r ON r.kb_id = {kb_id}"
+        " JOIN kb_versions v ON v.kb_id = r.kb_id AND v.version = r.live_version"
+        " AND v.fingerprint_id = {fp} WHERE c.valid_from <= r.live_version"
         " AND (c.valid_to IS NULL OR c.valid_to > r.live_version)"
-    ).format(view=sql.Identifier(view), table=sql.Identifier(table), kb_id=sql.Literal(kb_id))
+    ).format(cast=sql.SQL("::vector AS embedding" if mixed and storage != "vector" else ""),
+             table=sql.Identifier(table), kb_id=sql.Literal(kb_id), fp=sql.Literal(fp))
+        for fp, table, storage in tables]
+    statement = sql.SQL("DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS {body}").format(
+        view=sql.Identifier(view), body=sql.SQL(" UNION ALL ").join(branches))
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():
-                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(VIEW_LOCK_TIMEOUT)))
                 conn.execute(statement)
+            logger.info("view %s now covers %s (attempt %d)", view,
+                        ", ".join(t for _, t, _ in tables), attempt)
             return
         except psycopg.errors.LockNotAvailable as exc:
             if attempt == attempts:
                 raise DatabaseError(
-                    f"could not repoint view {view!r}: readers held it for {attempts} tries; "
-                    "routing already serves the new version, rerun `kbrefresh status` later"
+                    f"could not redefine view {view!r}: readers held it for {attempts} tries; "
+                    "routing serves the right version meanwhile, rerun `kbrefresh status` later"
                 ) from exc
-            time.sleep(0.2 * attempt)
+            time.sleep(min(0.02 * attempt, 0.5))
 
 
 def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
@@ -289,10 +337,26 @@ def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
             if versions and table_exists(conn, table):
                 purged = purge_dead_rows(conn, table, min(versions))
                 logger.info("purged %d rows no kept version uses from %s", purged, table)
-        for table in _unused_tables(conn, kb_id):
+    unused = _unused_tables(conn, kb_id)
+    if unused:
+        _drop_tables(conn, kb_id, unused)
+    return archived
+
+
+def _drop_tables(conn: Conn, kb_id: int, tables: list[str]) -> None:
+    # The view must stop naming a table before it can be dropped; when readers keep the
+    # view busy the tables stay (no version routes to them) and the next retire drops them.
+    row = conn.execute("SELECT name FROM kb WHERE id = %s", (kb_id,)).fetchone()
+    try:
+        if row is not None:
+            ensure_live_view(conn, kb_id, str(row["name"]), exact=True)
+    except DatabaseError as exc:
+        logger.warning("kept unused chunk tables %s: %s", ", ".join(tables), exc)
+        return
+    with conn.transaction():
+        for table in tables:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             logger.info("dropped chunk table %s: no kept version uses it", table)
-    return archived
 
 
 def _unused_tables(conn: Conn, kb_id: int) -> list[str]:

@@ -27,6 +27,7 @@ from kbrefresh.build.chunking import chunk_documents
 from kbrefresh.build.sources import load_source
 from kbrefresh.db import connect
 from kbrefresh.errors import (
+    BudgetExceeded,
     BuildLockedError,
     ConfigError,
     DatabaseError,
@@ -257,9 +258,9 @@ def test_parameters_are_bounded(params: dict[str, Any], message: str) -> None:
         RefreshRequest.model_validate({"kb": "kb", "source": "docs"} | params)
 
 
-def _status_error(status: int) -> openai.APIStatusError:
+def _status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
     request = httpx.Request("POST", "http://127.0.0.1/v1/embeddings")
-    response = httpx.Response(status, request=request)
+    response = httpx.Response(status, request=request, headers=headers)
     return openai.APIStatusError("boom", response=response, body=None)
 
 
@@ -276,6 +277,10 @@ def _caused(error: Exception, cause: BaseException) -> Exception:
         (_caused(MigrationError("edited"), psycopg.OperationalError("x")), False),
         (_caused(EmbeddingError("429"), _status_error(429)), True),
         (_caused(EmbeddingError("503"), _status_error(503)), True),
+        (_caused(EmbeddingError("429"), _status_error(429, {"Retry-After": "30"})), True),
+        # The server asked for longer than the client waits: a task retry in 2 s is refused too.
+        (_caused(EmbeddingError("429"), _status_error(429, {"Retry-After": "600"})), False),
+        (BudgetExceeded("stopped before embedding batch 3 of 6"), False),
         (_caused(EmbeddingError("401"), _status_error(401)), False),
         (_caused(EmbeddingError("timeout"), openai.APITimeoutError(
             request=httpx.Request("POST", "http://127.0.0.1/v1/embeddings"))), True),

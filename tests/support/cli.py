@@ -25,6 +25,8 @@ BAD_SETTINGS = [
     ("MAINTENANCE_WORK_MEM", "100GB", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("MAINTENANCE_WORK_MEM", "512kB", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("KEEP_VERSIONS", "0", "expected an integer from 1 to 100"),
+    ("BUILD_MAX_TOKENS", "0", "expected an integer of at least 1, or unset"),
+    ("BUILD_MAX_SECONDS", "-5", "expected a number of seconds > 0, or unset"),
     ("DATA_DIR", "/dev/null", "expected a directory path"),
     ("EMBED_PARALLELISM", "0", "expected an integer from 1 to 64"),
     ("EMBED_REQUESTS_PER_MINUTE", "1", "expected an integer of at least 2, or unset"),

@@ -28,6 +28,8 @@ import email.parser
 import email.policy
 import itertools
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -76,7 +78,8 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class _Step:
-    kind: str  # "error" | "wrong_dims" | "nan" | "hang" | "drop" | "short" | "shuffle"
+    # "pass" | "error" | "wrong_dims" | "nan" | "hang" | "drop" | "reset" | "short" | "shuffle"
+    kind: str
     status: int = 200
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
@@ -190,6 +193,10 @@ class FakeOpenAIServer:
         text = message or f"scripted failure with status {status}"
         self._push(times, _Step("error", status=status, message=text, headers=headers))
 
+    def pass_next(self, times: int = 1) -> None:
+        """Answer the next ``times`` requests normally (a fault scripted after them hits mid-build)."""
+        self._push(times, _Step("pass"))
+
     def wrong_dims_next(self, dims: int, times: int = 1) -> None:
         """Return vectors of ``dims`` entries whatever was asked."""
         self._push(times, _Step("wrong_dims", dims=dims))
@@ -205,6 +212,10 @@ class FakeOpenAIServer:
     def drop_next(self, times: int = 1) -> None:
         """Close the connection without answering."""
         self._push(times, _Step("drop"))
+
+    def reset_next(self, times: int = 1) -> None:
+        """Reset the connection (TCP RST) after reading the request, without answering."""
+        self._push(times, _Step("reset"))
 
     def short_next(self, times: int = 1) -> None:
         """Answer with one embedding fewer than the inputs."""
@@ -274,6 +285,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: test output is for test results."""
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except (OSError, ValueError):
+            pass  # the socket was reset on purpose
 
     def do_GET(self) -> None:
         parts = self.path.strip("/").split("/")
@@ -410,6 +427,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return True
         if step is not None and step.kind == "drop":
+            self.close_connection = True
+            return True
+        if step is not None and step.kind == "reset":
+            # SO_LINGER 0: close() sends RST instead of FIN, as a crashed proxy does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
             self.close_connection = True
             return True
         if not inputs or not all(isinstance(text, str) and text for text in inputs):
