@@ -240,7 +240,10 @@ def ensure_live_view(conn: Conn, kb_id: int, kb_name: str, *, attempts: int = 5)
         "DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS SELECT c.id, c.doc_id, c.chunk_index,"
         " c.content, c.metadata, c.embedding, r.live_version AS version FROM {table} c"
         " JOIN kb_routing r ON r.kb_id = {kb_id} WHERE c.valid_from <= r.live_version"
-        " AND (c.valid_to IS NULL OR c.valid_to > r.live_version)"
+        " AND (c.valid_to IS NULL OR c.valid_to > r.live_version);"
+        # The view is what SQL consumers read: the reader role needs it as much as the tables.
+        " DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'kbrefresh_reader') THEN"
+        " GRANT SELECT ON {view} TO kbrefresh_reader; END IF; END $$"
     ).format(view=sql.Identifier(view), table=sql.Identifier(table), kb_id=sql.Literal(kb_id))
     for attempt in range(1, attempts + 1):
         try:
