@@ -117,9 +117,9 @@ def problems(path: Path) -> list[str]:
     found = []
     rel = path.relative_to(ROOT)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and callee(node) in SINKS and node.args:
-            if formatted(node.args[0], constants):
-                found.append(f"{rel}:{node.lineno}: {callee(node)}() gets SQL built by formatting")
+        if (isinstance(node, ast.Call) and callee(node) in SINKS and node.args
+                and formatted(node.args[0], constants)):
+            found.append(f"{rel}:{node.lineno}: {callee(node)}() gets SQL built by formatting")
         if isinstance(node, ast.JoinedStr):
             text = "".join(v.value for v in node.values
                            if isinstance(v, ast.Constant) and isinstance(v.value, str))
