@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +60,12 @@ class Ctx:
     tmp: Path
 
 
-@pytest.fixture(scope="module")
-def ctx(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
-    """A database with ``KB`` v1 live, built from an 8-document corpus."""
+def build_ctx(pg_uri: str, tmp: Path) -> Ctx:
+    """Create a database with ``KB`` v1 live, built from an 8-document corpus."""
     name = f"badinputs_{os.getpid()}"
     with psycopg.connect(pg_uri, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = pg_uri.replace("/postgres?", f"/{name}?", 1)
-    tmp = tmp_path_factory.mktemp("bad-inputs")
     corpus = tmp / "corpus"
     write_corpus(corpus, n_docs=8)
     env = {"KBREFRESH_DATABASE_URL": url, "KBREFRESH_EMBEDDER": "offline",
@@ -75,7 +73,12 @@ def ctx(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
            "KBREFRESH_MAINTENANCE_WORK_MEM": "64MB", "KBREFRESH_TRACKING": "false"}
     built = cli(env, "refresh", "--kb", KB, "--source", str(corpus))
     assert built.exit_code == 0, built.output
-    yield Ctx(env=env, url=url, corpus=corpus, tmp=tmp)
+    return Ctx(env=env, url=url, corpus=corpus, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def ctx(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Ctx:
+    return build_ctx(pg_uri, tmp_path_factory.mktemp("bad-inputs"))
 
 
 def cli(env: dict[str, str], *args: str) -> Any:
