@@ -139,7 +139,8 @@ def secrets_row(work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--basetemp={work / 'pytest'}", "tests/integration/test_secrets.py"],
+         f"--basetemp={work / 'pytest'}", "tests/integration/test_secrets.py",
+         "-k", "no_secret_in_anything_written"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         check=False)
     if done.returncode != 0:

@@ -87,7 +87,8 @@ def tokens_for_chars(chars: int) -> int:
 
 
 # Nesting deeper than this is no policy or front matter anyone writes by hand, and the
-# pure-Python composer would hit Python's recursion limit (a traceback) near 1,000.
+# pure-Python composer would hit Python's recursion limit (a traceback) a few hundred
+# levels down. (Text that goes through libyaml is limited by libyaml itself, at 1,000.)
 MAX_YAML_DEPTH = 64
 
 

@@ -164,3 +164,32 @@ def test_no_secret_in_anything_written(
     # The scan saw what it claims to have seen.
     assert hook.received and any(p.suffix == ".db" for p in data.rglob("*"))
     assert prefect_db.exists() and "kb" in payloads
+
+
+def test_the_environment_wins_over_a_secret_block_and_a_bad_block_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from kbrefresh.errors import ConfigError
+    from tasks._settings import flow_settings
+
+    monkeypatch.delenv("KBREFRESH_OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("KBREFRESH_NOTIFY_WEBHOOK_URL", raising=False)
+    monkeypatch.setenv("KBREFRESH_DATABASE_URL", "postgresql://from-env@127.0.0.1/kb")
+    Secret(value=KEY).save(BLOCKS[0], overwrite=True)
+    Secret(value="postgresql://from-block@127.0.0.1/kb").save(BLOCKS[1], overwrite=True)
+    try:
+        settings = flow_settings()
+        assert settings.resolved_openai_key() == KEY
+        assert settings.database_url is not None
+        assert settings.database_url.get_secret_value() == "postgresql://from-env@127.0.0.1/kb"
+        Secret(value={"key": KEY}).save(BLOCKS[0], overwrite=True)
+        with pytest.raises(ConfigError) as info:
+            flow_settings()
+        assert str(info.value) == ("Prefect Secret block 'kbrefresh-openai-api-key' must hold a "
+                                   "non-empty string, got a dict")
+    finally:
+        for name in BLOCKS:
+            Secret.delete(name)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,12 @@ def file_reason(root: Path, path: Path) -> str | None:
     publish files from elsewhere on the machine) and a file over ``MAX_DOCUMENT_BYTES``.
     Checked with ``stat`` before anything is read.
     """
-    if path.is_symlink():
+    try:
+        info = os.lstat(path)  # one system call for the common case, a regular file
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    size = info.st_size
+    if stat.S_ISLNK(info.st_mode):
         try:
             target = path.resolve(strict=True)
         except RuntimeError:  # Python < 3.13 reports a loop this way, later ones as ELOOP
@@ -45,10 +51,7 @@ def file_reason(root: Path, path: Path) -> str | None:
         if not target.is_relative_to(root.resolve()):
             return ("is a symbolic link to outside the source directory; copy the file in "
                     "or make it part of the source another way")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}"
+        size = target.stat().st_size
     if size > MAX_DOCUMENT_BYTES:
         return (f"is {size} bytes; expected at most {MAX_DOCUMENT_BYTES} bytes per document "
                 "(split it into smaller files)")
