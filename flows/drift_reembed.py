@@ -10,8 +10,8 @@ from prefect.runtime import flow_run
 
 from kbrefresh.retraining.reembed import run_reembed
 from kbrefresh.retraining.reembed_request import ReembedRequest
-from kbrefresh.settings import load_settings
 from tasks import PrefectStepRunner
+from tasks._settings import flow_settings
 from tasks.reembed import start_canary
 
 
@@ -30,7 +30,7 @@ def drift_reembed(params: ReembedRequest) -> dict[str, Any]:
     must not regress; then a canary 10 → 50 → 100 starts (rollout-step moves it).
     """
     report = run_reembed(
-        load_settings(), params.kb, params.segment, profile_file=params.profile_file,
+        flow_settings(), params.kb, params.segment, profile_file=params.profile_file,
         source=params.source, seed=params.seed, train=params.train_adapter,
         runner=PrefectStepRunner(), trigger=params.trigger())
     out = report.as_dict()

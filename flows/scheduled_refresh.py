@@ -10,8 +10,8 @@ from kbrefresh.errors import DataQualityError, GateFailed
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.release.notify import Notice
-from kbrefresh.settings import load_settings
 from tasks import PrefectStepRunner
+from tasks._settings import flow_settings
 from tasks.monitor import schedule_monitoring
 from tasks.notify import run_links, send_notice
 
@@ -35,7 +35,7 @@ def scheduled_refresh(params: RefreshRequest) -> dict[str, Any]:
     scheduled (every 2 h for 24 h, then daily for a week) and on-call is notified; a skipped
     run notifies too. Undo a swap with the rollback-kb deployment.
     """
-    settings = load_settings()
+    settings = flow_settings()
     try:
         report = run_refresh(settings, params, runner=PrefectStepRunner(settings))
     except (DataQualityError, GateFailed) as exc:

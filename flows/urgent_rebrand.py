@@ -11,8 +11,8 @@ from kbrefresh.errors import DataQualityError, GateFailed
 from kbrefresh.refresh.request import KbName, Reason, RefreshRequest, SourceSpec
 from kbrefresh.release.notify import Notice
 from kbrefresh.retraining.rebrand_run import run_rebrand
-from kbrefresh.settings import load_settings
 from tasks import PrefectStepRunner
+from tasks._settings import flow_settings
 from tasks.monitor import schedule_monitoring
 from tasks.notify import run_links, send_notice
 from tasks.rebrand import report_rebrand, resolve_renames
@@ -50,7 +50,7 @@ def urgent_rebrand(params: RebrandParameters) -> dict[str, Any]:
     request = RefreshRequest(kb=params.kb, source=params.source, reason=params.reason,
                              policy_file=params.policy_file)
     try:
-        report = run_rebrand(load_settings(), request, renames, runner=PrefectStepRunner())
+        report = run_rebrand(flow_settings(), request, renames, runner=PrefectStepRunner())
     except (DataQualityError, GateFailed) as exc:
         send_notice(Notice("skipped", params.kb, {}, str(exc)[:1000]))  # never raises
         raise

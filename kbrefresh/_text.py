@@ -21,6 +21,7 @@ __all__ = [
     "SETTINGS_SUFFIXES",
     "escape_markdown",
     "load_settings_file",
+    "load_yaml",
     "num",
     "redact_url",
     "scrub",
@@ -85,6 +86,55 @@ def tokens_for_chars(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
+# Nesting deeper than this is no policy or front matter anyone writes by hand, and the
+# pure-Python composer would hit Python's recursion limit (a traceback) a few hundred
+# levels down. (Text that goes through libyaml is limited by libyaml itself, at 1,000.)
+MAX_YAML_DEPTH = 64
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader without aliases (no "billion laughs") and with a depth limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"found alias '*{event.anchor}'; YAML aliases are not accepted",
+                event.start_mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely: no aliases, at most ``MAX_YAML_DEPTH`` levels of nesting.
+
+    An alias can make a few hundred bytes expand to a billion values (a "YAML bomb")
+    in every consumer that walks the data. Text without ``*`` cannot hold an alias and
+    goes through libyaml (~10x faster); its errors are re-raised by the pure loader,
+    which words them better.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, an alias, or nesting too deep.
+    """
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None and "*" not in text:
+        try:
+            return yaml.load(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def load_settings_file(
     path: str | Path, *, what: str = "policy", suffixes: tuple[str, ...] = SETTINGS_SUFFIXES
 ) -> Any:
@@ -108,7 +158,7 @@ def load_settings_file(
         if suffix == ".json":
             data = json.loads(text)
         else:
-            data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+            data = tomllib.loads(text) if suffix == ".toml" else load_yaml(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path.name}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
     except tomllib.TOMLDecodeError as exc:

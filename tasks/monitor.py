@@ -22,8 +22,8 @@ from prefect.states import Cancelled, Scheduled
 from kbrefresh.release.policy import ReleasePolicy, check_times, load_release_policy
 from kbrefresh.release.report import check_markdown, check_metrics
 from kbrefresh.release.watch import ROLLED_BACK, CheckResult, run_monitor_check
-from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 
 MONITOR_TAG = "post-deploy-monitor"
 _EVENT_NAMESPACE = uuid.UUID("6b627265-6672-6573-6800-00000000000d")
@@ -79,7 +79,7 @@ def schedule_monitoring(kb: str, version: int, reason: str, policy_file: str | N
 def check_live_version(kb: str, version: int | None, policy_file: str | None,
                        flow_run_id: str | None, now: datetime | None = None) -> CheckResult:
     """Measure and judge the live version; roll back or prove it as the policy says."""
-    result = run_monitor_check(Settings(), kb, policy=policy_for(policy_file),
+    result = run_monitor_check(flow_settings(), kb, policy=policy_for(policy_file),
                                now=now or datetime.now(UTC), version=version,
                                flow_run_id=flow_run_id)
     logger = get_run_logger()
@@ -105,7 +105,7 @@ def emit_rollback_event(result: CheckResult, flow_run_id: str | None) -> str | N
 @task(**TASK_OPTIONS)
 def log_check_metrics(result: CheckResult) -> str | None:
     """Log the check's measurements to the version's MLflow run; return a warning or None."""
-    settings = Settings()
+    settings = flow_settings()
     if not (settings.tracking and result.mlflow_run_id and result.measurements):
         return None
     from kbrefresh.release.report import log_to_mlflow
@@ -120,7 +120,7 @@ def log_check_metrics(result: CheckResult) -> str | None:
 def report_check(result: CheckResult) -> str:
     """Show the check (criteria table, time-series chart) as ``kbrefresh-monitor-<kb>``."""
     key = artifact_key("monitor", result.kb)
-    create_markdown_artifact(check_markdown(Settings(), result), key=key,
+    create_markdown_artifact(check_markdown(flow_settings(), result), key=key,
                              description=result.summary())
     return key
 

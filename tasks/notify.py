@@ -11,6 +11,7 @@ from prefect.blocks.core import Block
 from kbrefresh.release import notify as notices
 from kbrefresh.release.notify import Notice
 from kbrefresh.settings import Settings
+from tasks._settings import flow_settings
 
 
 def deliver(settings: Settings, notice: Notice, blocks: tuple[str, ...] = ()) -> list[str]:
@@ -36,7 +37,7 @@ def deliver(settings: Settings, notice: Notice, blocks: tuple[str, ...] = ()) ->
 @task(retries=0)
 def send_notice(notice: Notice, blocks: tuple[str, ...] = ()) -> list[str]:
     """Send ``notice`` to the webhook and blocks; log and return problems instead of failing."""
-    problems = deliver(Settings(), notice, blocks)
+    problems = deliver(flow_settings(), notice, blocks)
     logger = get_run_logger()
     for problem in problems:
         logger.warning("notification %r for %r not delivered: %s", notice.kind, notice.kb, problem)

@@ -10,8 +10,8 @@ from kbrefresh.db import connect
 from kbrefresh.errors import ConfigError
 from kbrefresh.retraining.rebrand import RenameMap, load_rename_map
 from kbrefresh.retraining.rebrand_run import RebrandReport, pending_rename_map
-from kbrefresh.settings import Settings
 from tasks._common import TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 
 
 @task(**TASK_OPTIONS)
@@ -23,7 +23,7 @@ def resolve_renames(kb: str, renames_file: str | None) -> RenameMap:
     """
     if renames_file:
         return load_rename_map(renames_file)
-    with connect(Settings()) as conn:
+    with connect(flow_settings()) as conn:
         pending = pending_rename_map(conn, store.get_kb_id(conn, kb))
     if pending is None:
         raise ConfigError(f"no rename map on record for {kb!r}; pass renames_file "

@@ -40,6 +40,7 @@ from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
 from kbrefresh.tracking.reports import comparison_markdown
 from tasks._common import ROUTING_TASK_OPTIONS, TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 from tasks.embedding import acquire_rate_limits, fan_out
 from tasks.refresh_artifacts import quality_markdown, refresh_markdown, smoke_markdown
 
@@ -66,7 +67,7 @@ class PrefectStepRunner:
     def __init__(self, settings: Settings | None = None) -> None:
         self.flow_run_id: str | None = flow_run.id
         self.hooks: RefreshHooks = PrefectHooks()
-        self.settings = settings or Settings()
+        self.settings = settings or flow_settings()
 
     def run(self, step: str, call: Callable[[], T]) -> T:
         options = STEP_OPTIONS.get(step, TASK_OPTIONS)

@@ -17,8 +17,8 @@ from kbrefresh.db import connect
 from kbrefresh.release import rollout
 from kbrefresh.release.rollout import Rollout, Transition
 from kbrefresh.release.rollout_tracking import log_ab_result
-from kbrefresh.settings import Settings
 from tasks._common import ROUTING_TASK_OPTIONS, TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 
 # Any fixed namespace works: it only makes event ids stable across task retries.
 _EVENT_NAMESPACE = uuid.UUID("6b627265-6672-6573-6800-000000000001")
@@ -28,14 +28,14 @@ MOVED = ("start", "approve", "advance", "promote", "abort", "reject", "keep_live
 @task(**TASK_OPTIONS)
 def read_rollout(kb: str) -> Rollout | None:
     """Return the active rollout of ``kb`` (None when there is none)."""
-    with connect(Settings()) as conn:
+    with connect(flow_settings()) as conn:
         return rollout.active_rollout(conn, kb)
 
 
 @task(**ROUTING_TASK_OPTIONS)
 def run_rollout_step(kb: str, flow_run_id: str | None) -> Transition:
     """Analyse the active rollout's window and apply the decision (wait, advance, promote, abort)."""
-    with connect(Settings(), autocommit=True) as conn:
+    with connect(flow_settings(), autocommit=True) as conn:
         t = rollout.run_step(conn, kb, now=datetime.now(UTC), flow_run_id=flow_run_id)
     log = get_run_logger()
     (log.warning if t.action in ("abort", "keep_live") else log.info)(
@@ -48,7 +48,7 @@ def apply_rollout_action(kb: str, action: str, reason: str, flow_run_id: str | N
     """Pause, resume, advance, promote or abort the active rollout of ``kb`` on request."""
     moves = {"pause": rollout.pause, "resume": rollout.resume, "advance": rollout.advance,
              "promote": rollout.promote, "abort": rollout.abort}
-    with connect(Settings(), autocommit=True) as conn:
+    with connect(flow_settings(), autocommit=True) as conn:
         t = moves[action](conn, kb, now=datetime.now(UTC), reason=reason, flow_run_id=flow_run_id)
     get_run_logger().info("rollout #%d of %r: %s (%s)", t.rollout.id, kb, action, reason)
     return t
@@ -57,7 +57,7 @@ def apply_rollout_action(kb: str, action: str, reason: str, flow_run_id: str | N
 @task(**TASK_OPTIONS)
 def request_approval(kb: str, flow_run_id: str) -> Rollout:
     """Note that this flow run waits for the approval (so the CLI can resume it)."""
-    with connect(Settings(), autocommit=True) as conn:
+    with connect(flow_settings(), autocommit=True) as conn:
         return rollout.wait_for_approval(conn, kb, now=datetime.now(UTC), flow_run_id=flow_run_id)
 
 
@@ -66,7 +66,7 @@ def record_approval(
     kb: str, approved: bool, comment: str, by: str, flow_run_id: str | None
 ) -> Transition:
     """Apply the human decision; if the CLI already recorded it, say so and change nothing."""
-    with connect(Settings(), autocommit=True) as conn:
+    with connect(flow_settings(), autocommit=True) as conn:
         current = rollout.active_rollout(conn, kb)
         if current is None or current.state != "awaiting_approval":
             latest = current or rollout.latest_rollout(conn, kb)
@@ -105,7 +105,7 @@ def emit_rollout_event(t: Transition, run_id: str | None) -> str | None:
 @task(**TASK_OPTIONS | {"retries": 0})
 def record_ab_result(t: Transition) -> str | None:
     """Log a concluded A/B's tests as metrics and a JSON artifact on the candidate's MLflow run."""
-    settings = Settings()
+    settings = flow_settings()
     if not settings.tracking or t.analysis is None or not t.analysis.get("ab"):
         return None
     warning = log_ab_result(settings, t.rollout.kb, t.rollout.candidate, t.analysis)

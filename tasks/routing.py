@@ -13,8 +13,8 @@ from kbrefresh.db import connect
 from kbrefresh.refresh import steps
 from kbrefresh.serving import routing
 from kbrefresh.serving.routing import RouteChange
-from kbrefresh.settings import load_settings
 from tasks._common import ROUTING_TASK_OPTIONS, TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 from tasks.refresh_artifacts import table
 
 
@@ -27,7 +27,7 @@ def rollback_live_version(
     Raises:
         VersionError: unknown KB, no live version, or no kept version to go back to.
     """
-    with connect(load_settings(), autocommit=True) as conn:
+    with connect(flow_settings(), autocommit=True) as conn:
         kb_id = store.get_kb_id(conn, kb)
         change = routing.rollback(
             conn, kb_id, kb, to_version=to_version, reason=reason, flow_run_id=flow_run_id
@@ -42,7 +42,7 @@ def rollback_live_version(
 @task(**TASK_OPTIONS | {"retries": 0}, name="sync_aliases")
 def sync_registry_aliases(kb: str) -> str | None:
     """Point the champion/challenger aliases at the live/canary versions; return a warning."""
-    warning = steps.sync_aliases(load_settings(), kb)
+    warning = steps.sync_aliases(flow_settings(), kb)
     if warning:
         get_run_logger().warning("%s", warning)
     return warning

@@ -22,8 +22,8 @@ from prefect.exceptions import ObjectNotFound
 
 from kbrefresh.retraining import check as checks
 from kbrefresh.retraining.check import CheckResult
-from kbrefresh.settings import load_settings
 from tasks._common import TASK_OPTIONS, artifact_key
+from tasks._settings import flow_settings
 
 # Any fixed namespace works: it only makes event ids stable across task retries.
 _EVENT_NAMESPACE = uuid.UUID("6b627265-6672-6573-6800-000000000000")
@@ -35,7 +35,7 @@ def compute_signals(
 ) -> CheckResult:
     """Measure every signal of ``kb`` and decide (not recorded yet)."""
     policy, options = checks.load_check_policy(policy_file) if policy_file else (None, None)
-    result = checks.run_check(load_settings(), kb, source=source, query=query, policy=policy,
+    result = checks.run_check(flow_settings(), kb, source=source, query=query, policy=policy,
                               options=options, record=False)
     logger = get_run_logger()
     if result.decision.alert:
@@ -114,7 +114,7 @@ def record_decision(
     check: CheckResult, dispatched: dict[str, Any], run_id: str | None
 ) -> CheckResult:
     """Store the decision and what was dispatched as a ``retrain_decisions`` row."""
-    return checks.record_decision(load_settings(), check, dispatched=dispatched, flow_run_id=run_id)
+    return checks.record_decision(flow_settings(), check, dispatched=dispatched, flow_run_id=run_id)
 
 
 @task(**TASK_OPTIONS)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from kbrefresh.build.staging import BuildPlan
@@ -31,31 +38,46 @@ VERDICT_COLUMNS = (
 
 
 class _Progress(RefreshHooks):
-    """Show the plan, then an embedding progress bar."""
+    """Show the plan, then an embedding progress bar.
 
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.task = bar.add_task("embedding + loading", total=None)
+    The bar starts only once there is a plan, so a refused source prints nothing on
+    stdout: its one ``error:`` line on stderr is the whole output.
+    """
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def step_finished(self, step: str, result: object) -> None:
         if step != "plan_build" or not isinstance(result, BuildPlan):
             return
         plan = result
         if plan.full_build and plan.to_embed_chunks:
-            self.bar.console.print(
+            console.print(
                 f"full build: {plan.to_embed_chunks} chunks to embed "
                 f"(~{plan.estimated_tokens:,} tokens estimated)"
             )
         else:
-            self.bar.console.print(
+            console.print(
                 f"plan: {plan.unchanged + plan.reusable} chunks reused, "
                 f"{plan.to_embed_chunks} to embed (~{plan.estimated_tokens:,} tokens), "
                 f"{plan.replaced} replaced or deleted"
             )
-        self.bar.update(self.task, total=plan.to_embed_texts)
+        self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.bar.start()
+        self.task = self.bar.add_task("embedding + loading", total=plan.to_embed_texts)
 
     def embed_progress(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=done, total=total)
+
+    def close(self, completed: int | None = None) -> None:
+        if self.bar is not None and self.task is not None:
+            if completed is not None:
+                self.bar.update(self.task, completed=completed)
+            self.bar.stop()
+        self.bar = None
 
 
 def run_refresh(
@@ -66,12 +88,12 @@ def run_refresh(
     ``options`` are the fields of a ``RefreshRequest``; ``policy`` replaces its policy file.
     """
     request = parse_request(**options)  # every bound checked before anything is created
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        progress = _Progress(bar)
+    progress = _Progress()
+    try:
         report = sequence.run_refresh(settings, request, runner=DirectRunner(), hooks=progress,
                                       policy=policy)
-        bar.update(progress.task, completed=report.texts_embedded)
+    finally:
+        progress.close()
     return report
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from kbrefresh._text import load_yaml
 from kbrefresh.errors import ConfigError, SourceError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _read_csv(text: str, name: str) -> Iterator[_Located]:
 
 def _read_yaml(text: str, name: str) -> Iterator[_Located]:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

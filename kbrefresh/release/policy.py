@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kbrefresh._text import load_yaml
 from kbrefresh.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ def load_release_policy(path: str | Path) -> ReleasePolicy:
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"release policy {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: "
                           f"{exc}") from exc

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from kbrefresh._text import load_yaml
 from kbrefresh.errors import ConfigError
 from kbrefresh.release.analysis import CanaryLimits
 
@@ -108,7 +109,7 @@ def load_rollout_policy(path: str | Path) -> RolloutPolicy:
     except OSError as exc:
         raise ConfigError(f"cannot read rollout policy {str(path)!r}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: invalid YAML ({exc})") from exc
     return parse_rollout_policy(data, source=path.name)

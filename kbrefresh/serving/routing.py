@@ -289,8 +289,12 @@ def ensure_live_view(
     ).format(cast=sql.SQL("::vector AS embedding" if mixed and storage != "vector" else ""),
              table=sql.Identifier(table), kb_id=sql.Literal(kb_id), fp=sql.Literal(fp))
         for fp, table, storage in tables]
-    statement = sql.SQL("DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS {body}").format(
-        view=sql.Identifier(view), body=sql.SQL(" UNION ALL ").join(branches))
+    statement = sql.SQL(
+        "DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS {body};"
+        # The view is what SQL consumers read: the reader role needs it as much as the tables.
+        " DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'kbrefresh_reader') THEN"
+        " GRANT SELECT ON {view} TO kbrefresh_reader; END IF; END $$"
+    ).format(view=sql.Identifier(view), body=sql.SQL(" UNION ALL ").join(branches))
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():

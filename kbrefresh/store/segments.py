@@ -149,7 +149,7 @@ def _set_indexes(conn: Conn, fp: FingerprintTable, wanted: list[tuple[str, sql.C
 
 def _hnsw(fp: FingerprintTable, where: sql.Composable) -> sql.Composable:
     return sql.SQL("USING hnsw (embedding {}) WHERE ").format(
-        sql.SQL(f"{fp.storage}_cosine_ops")) + where
+        sql.Identifier(f"{fp.storage}_cosine_ops")) + where
 
 
 def _tail(fp: FingerprintTable, after: int) -> tuple[str, sql.Composable]:

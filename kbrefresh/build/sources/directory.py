@@ -17,6 +17,7 @@ from bs4.element import Tag
 from bs4.filter import SoupStrainer
 from markdown_it import MarkdownIt
 
+from kbrefresh._text import load_yaml
 from kbrefresh.build.sources import (
     LoadProblem,
     LoadResult,
@@ -24,11 +25,10 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
+from kbrefresh.build.sources.guards import binary_reason, doc_id_reason, file_reason
 from kbrefresh.models import Document
 
 logger = logging.getLogger(__name__)
-# libyaml's safe loader parses front matter ~10x faster than the pure-Python one.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 FORMATS_BY_SUFFIX: Mapping[str, str] = {
     ".md": "markdown",
@@ -68,6 +68,7 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
             skipped += 1
             continue
         try:
+            _guard(root, path, rel)
             documents.append(_load_file(path, rel, fmt))
         except _Problem as exc:
             problems.append(LoadProblem(path=str(rel), reason=str(exc)))
@@ -102,11 +103,21 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
                 yield Path(dirpath, name)
 
 
+def _guard(root: Path, path: Path, rel: PurePosixPath) -> None:
+    """Refuse a file before reading it: see :mod:`kbrefresh.build.sources.guards`."""
+    reason = file_reason(root, path) or doc_id_reason(str(rel.with_suffix("")))
+    if reason is not None:
+        raise _Problem(reason)
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
+    reason = binary_reason(raw)
+    if reason is not None:
+        raise _Problem(reason)
     try:
         # utf-8-sig: strict UTF-8 that also accepts the BOM some editors write.
         text = raw.decode("utf-8-sig")
@@ -175,10 +186,7 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         raise _Problem("has front matter opened with '---' but never closed with '---'")
     block = "\n".join(lines[1:index])
     try:
-        try:
-            data = yaml.load(block, Loader=_SAFE_LOADER)
-        except yaml.YAMLError:
-            data = yaml.safe_load(block)  # rare: the pure loader words the error better
+        data = load_yaml(block)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         # +2: the mark is 0-based and counts from after the opening '---' line.

@@ -20,6 +20,7 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
+from kbrefresh.build.sources.guards import doc_id_reason, nul_column
 from kbrefresh.errors import SourceError
 from kbrefresh.models import Document
 
@@ -79,18 +80,24 @@ def load_sql(url: str, query: str, columns: Columns) -> LoadResult:
     try:
         engine = sqlalchemy.create_engine(url)
     except (SQLAlchemyError, ImportError) as exc:
-        raise SourceError(scrub(f"cannot open source {masked!r}: {exc}", password)) from exc
+        message = f"cannot open source {masked!r}: {_first_line(exc)}"
+        raise SourceError(scrub(message, password)) from exc
     try:
         with engine.connect() as connection:
             frame = pd.read_sql(sqlalchemy.text(query), connection)
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        message = f"cannot read source {masked!r} with the given query: {exc}"
+        message = f"cannot read source {masked!r} with the given query: {_first_line(exc)}"
         raise SourceError(scrub(message, password)) from exc
     finally:
         engine.dispose()
     return frame_to_result(frame, columns, source=masked)
 
 
+def _first_line(exc: BaseException) -> str:
+    """Return the driver's own message: SQLAlchemy appends the SQL and a link on more lines."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def frame_to_result(frame: pd.DataFrame, columns: Columns, *, source: str) -> LoadResult:
@@ -129,6 +136,7 @@ def _row_to_document(row: dict[Any, Any], columns: Columns, source: str) -> Docu
     if _is_null(raw_id):
         raise _RowProblem(f"has no id in column {columns.id!r}")
     doc_id = _id_str(raw_id)
+    _guard_row(doc_id, row)
     text = row.get(columns.text)
     if _is_null(text):
         raise _RowProblem(f"has no text in column {columns.text!r}")
@@ -156,6 +164,17 @@ def _row_to_document(row: dict[Any, Any], columns: Columns, source: str) -> Docu
         modified_at=_modified_at(row.get(columns.updated)),
         metadata=metadata,
     )
+
+
+def _guard_row(doc_id: str, row: dict[Any, Any]) -> None:
+    """Refuse an unsafe id or a NUL character: see :mod:`kbrefresh.build.sources.guards`."""
+    reason = doc_id_reason(doc_id)
+    if reason is not None:
+        raise _RowProblem(reason)
+    column = nul_column(row)
+    if column is not None:
+        raise _RowProblem(f"has a NUL character in column {column!r}; PostgreSQL text cannot "
+                          "hold it")
 
 
 def _modified_at(value: object) -> datetime | None:
