@@ -24,6 +24,7 @@ from kbrefresh.cli.demo import SAMPLES, copy_tree
 from kbrefresh.cli.reembed import print_reembed
 from kbrefresh.cli.rollout_demo import BASELINE_GATE, _drive, _start
 from kbrefresh.db import connect
+from kbrefresh.errors import GateFailed
 from kbrefresh.gate.evaluation import load_golden
 from kbrefresh.gate.segment import SegmentPolicy, SegmentVerdict, rejudge, smallest_p_value
 from kbrefresh.release.rollout_policy import RolloutPolicy
@@ -40,10 +41,11 @@ KB = "helpcenter-drift"
 DEMO_ROLLOUT = RolloutPolicy(steps=(10, 50, 100), min_step_seconds=2, min_samples=20,
                              min_feedback=10, min_golden_accuracy=0.5)
 # The default segment gate cannot pass on the bundled golden set: live already finds all
-# but 4 of its 82 technical queries, so the exact McNemar p is at least 0.5^4 = 0.0625
-# (measured and printed by the demo), and one general query lost is -1.1 points. The
-# demo's segment gate is looser and says why; the build gate is the drift-reembed default.
-DEMO_SEGMENT_POLICY = SegmentPolicy(alpha=0.15, max_other_drop=0.02)
+# but 4 or 5 of its 82 technical queries (HNSW builds differ by a query), so the exact
+# McNemar p is at least 0.5^4 = 0.0625 or 0.5^5 = 0.031 (measured and printed by the demo),
+# and one or two of ~87 general queries are lost (-1.1 to -2.3 points). The demo's segment
+# gate is looser and says why; the build gate is the drift-reembed default.
+DEMO_SEGMENT_POLICY = SegmentPolicy(alpha=0.15, max_other_drop=0.03)
 # 20% → 40% over two categories is KL ≈ 0.1, at the default moderate threshold; the demo
 # alarms from 0.05 so the measured share (top documents, ~38%) is detected.
 DEMO_TRIGGERS = TriggerPolicy(drift_moderate_kl=0.05)
@@ -75,9 +77,16 @@ def run_drift(settings: Settings) -> None:
     console.print(escape(f"events: {events}"))
     segment = drift.segment or "technical"
     console.rule(f"drift-reembed of segment {segment!r} (profile {Path(SAMPLE_PROFILE).name})")
-    reembedded = run_reembed(settings, KB, segment, profile_file=SAMPLE_PROFILE, seed=0,
-                             say=console.print, segment_policy=DEMO_SEGMENT_POLICY,
-                             trigger={"divergence": drift.kl, "urgency": drift.severity})
+    try:
+        reembedded = run_reembed(settings, KB, segment, profile_file=SAMPLE_PROFILE, seed=0,
+                                 say=console.print, segment_policy=DEMO_SEGMENT_POLICY,
+                                 trigger={"divergence": drift.kl, "urgency": drift.severity})
+    except GateFailed as exc:  # a rejection is an outcome of the scenario, not a crash
+        console.print(escape(f"rejected: {exc}"))
+        if isinstance(exc.verdict, dict) and isinstance(exc.verdict.get("segment"), dict):
+            _explain_looser_gate(SegmentVerdict.from_dict(exc.verdict["segment"]))
+        console.print("[bold]no canary: the live version keeps serving[/]")
+        return
     print_reembed(reembedded)
     _explain_looser_gate(reembedded.verdict)
     console.rule(f"canary of v{reembedded.version}: 10% → 50% → 100%")

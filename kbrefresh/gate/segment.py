@@ -66,6 +66,15 @@ class SegmentVerdict:
                 f"p={self.p_value:.3g})")
         return head + ("; passed" if self.passed else f"; failed: {'; '.join(self.reasons)}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentVerdict:
+        """Read back ``to_dict``'s output (a stored or raised verdict)."""
+        def delta(d: dict[str, Any]) -> SliceDelta:
+            return SliceDelta(**{k: v for k, v in d.items() if k != "gain"})
+        return cls(bool(data["passed"]), str(data["segment"]), delta(data["target"]),
+                   float(data["p_value"]), {k: delta(v) for k, v in data["others"].items()},
+                   tuple(data["reasons"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "segment": self.segment, "p_value": self.p_value,
                 "target": asdict(self.target) | {"gain": self.target.gain},

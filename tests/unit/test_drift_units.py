@@ -165,3 +165,9 @@ def test_smallest_p_value_is_half_to_the_power_of_the_misses(
     n: int, hit_before: float, expected: float,
 ) -> None:
     assert smallest_p_value(_delta(n, hit_before, hit_before, 0, 0)) == pytest.approx(expected)
+
+
+def test_a_segment_verdict_reads_back_from_its_dict() -> None:
+    verdict = SegmentVerdict(False, "technical", _delta(82, 0.9, 0.95, 4, 0), 0.0625,
+                             {"general": _delta(90, 0.9, 0.88, 0, 2)}, ("reason",))
+    assert SegmentVerdict.from_dict(verdict.to_dict()) == verdict
