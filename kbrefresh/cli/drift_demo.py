@@ -110,12 +110,20 @@ def _explain_looser_gate(verdict: SegmentVerdict) -> None:
     console.print(escape(
         f"default segment gate: {'passed' if strict.passed else 'rejected'}"
         + ("" if strict.passed else f" ({'; '.join(strict.reasons)})")))
-    if floor >= SegmentPolicy().alpha:
+    alpha = SegmentPolicy().alpha
+    found = (f"live finds {t.n - misses} of the {t.n} {verdict.segment!r} golden queries in "
+             f"its top 5, so at most {misses} can improve")
+    if floor >= alpha:
         console.print(escape(
-            f"why it cannot pass on the bundled golden set: live finds {t.n - misses} of the "
-            f"{t.n} {verdict.segment!r} golden queries in its top 5, so at most {misses} can "
-            f"improve and the exact McNemar p is at least 0.5^{misses} = {floor:.4f} >= 0.05; "
-            "a bigger labelled set for the segment (or a weaker live) is what it needs"))
+            f"why it cannot pass on the bundled golden set: {found} and the exact McNemar p "
+            f"is at least 0.5^{misses} = {floor:.4f} >= {alpha}; a bigger labelled set for the "
+            "segment is what it needs"))
+    elif not strict.passed:
+        needed = next(w for w in range(1, misses + 1) if 0.5 ** w < alpha)
+        console.print(escape(
+            f"why it does not pass here: {found}; p < {alpha} needs at least {needed} of them "
+            f"found with none lost (this candidate: +{t.improved}/-{t.worsened}), and every "
+            "other segment must keep each query it answered"))
 
 
 def _stream(
