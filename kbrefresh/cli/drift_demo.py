@@ -16,6 +16,7 @@ from pathlib import Path
 
 from psycopg import sql
 from rich.markup import escape
+from scipy.stats import binomtest
 
 from kbrefresh import store
 from kbrefresh.cli._common import console
@@ -119,7 +120,8 @@ def _explain_looser_gate(verdict: SegmentVerdict) -> None:
             f"is at least 0.5^{misses} = {floor:.4f} >= {alpha}; a bigger labelled set for the "
             "segment is what it needs"))
     elif not strict.passed:
-        needed = next(w for w in range(1, misses + 1) if 0.5 ** w < alpha)
+        needed = next(w for w in range(1, misses + 1)
+                      if binomtest(w, w, 0.5, alternative="greater").pvalue < alpha)
         console.print(escape(
             f"why it does not pass here: {found}; p < {alpha} needs at least {needed} of them "
             f"found with none lost (this candidate: +{t.improved}/-{t.worsened}), and every "
