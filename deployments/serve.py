@@ -12,12 +12,16 @@ the UI or ``prefect deployment run 'rollback-kb/rollback-kb'``. ``retraining-che
 runs daily (``0 6 * * *`` UTC) with the same ``kb`` and ``source``. ``urgent-rebrand``
 has no schedule: it runs on ``kbrefresh.rebrand.requested`` (the check emits it when
 satisfaction drops critically while a rename map is on record) or by hand.
+``drift-reembed`` runs on ``kbrefresh.retraining.drift.detected``.
+
+``python -m deployments.serve drift-reembed rollout-step`` serves only the named ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +38,7 @@ from flows import rollback_kb, rollout_step, scheduled_refresh, urgent_rebrand
 from flows.drift_reembed import drift_reembed
 from flows.post_deploy_monitor import post_deploy_monitor
 from flows.retraining_check import retraining_check
+from kbrefresh.errors import ConfigError
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.retraining.check import (
     DRIFT_EVENT,
@@ -146,9 +151,25 @@ def build_deployments() -> list[RunnerDeployment]:
     return [refresh, rollback, check, rollout, monitor, reembed, rebrand]
 
 
-def main() -> None:
-    """Serve the deployments until interrupted (schedules are paused on shutdown)."""
-    deployments = build_deployments()
+def select_deployments(
+    deployments: list[RunnerDeployment], names: list[str]
+) -> list[RunnerDeployment]:
+    """Keep the deployments named in ``names`` (all of them when it is empty).
+
+    Raises:
+        ConfigError: a name is not one of the served deployments.
+    """
+    known = [d.name for d in deployments]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"no deployment named {unknown[0]!r}; expected one of "
+                          f"{', '.join(known)}")
+    return [d for d in deployments if not names or d.name in names]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the deployments (or those named on the command line) until interrupted."""
+    deployments = select_deployments(build_deployments(), sys.argv[1:] if argv is None else argv)
     logger.info(
         "serving %s against %s; scheduled-refresh runs %r UTC and on %r events",
         ", ".join(repr(d.name) for d in deployments), PREFECT_API_URL.value() or "an ephemeral API",

@@ -14,7 +14,7 @@ from typing import Any
 
 from kbrefresh.errors import ConfigError
 
-TEMPLATE_FIELDS = ("title", "section", "category", "text")
+TEMPLATE_FIELDS = ("title", "section", "category", "version", "text")
 _TEMPLATE_SEPARATOR = r"[ \t]*[›»>|/:·,–—-][ \t]*"
 
 
@@ -67,7 +67,8 @@ class ChunkerConfig:
     """How documents are cut into chunks and what text is embedded.
 
     Sizes are in characters (the offline default has no tokenizer; ~4 chars/token).
-    ``header_template`` may use ``{title}``, ``{section}``, ``{category}``, ``{text}``.
+    ``header_template`` may use ``{title}``, ``{section}``, ``{category}``, ``{version}``
+    (the front matter's ``product_version`` or ``version``), ``{text}``.
     ``aliases`` (old name, new name) pairs add a line "New, formerly Old" above the
     embedded text of chunks that mention a new name (a rebrand keeps old names
     findable). They are left out of ``as_dict`` and so of the fingerprint: the alias
@@ -80,6 +81,9 @@ class ChunkerConfig:
     min_chars: int = 40
     header_template: str = "{title} › {section}\n\n{text}"
     aliases: tuple[tuple[str, str], ...] = ()
+    # 0: code blocks split like any block; else kept whole up to this hard limit
+    # (kbrefresh/build/code_blocks.py has the rule beyond it).
+    code_max_chars: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a config that cannot chunk, before anything is created.
@@ -91,14 +95,16 @@ class ChunkerConfig:
         _check_sizes(self)
         _check_template(self.header_template)
 
-    def render(self, text: str, *, title: str, section: str, category: str) -> str:
+    def render(
+        self, text: str, *, title: str, section: str, category: str, version: str = ""
+    ) -> str:
         """Return ``header_template`` filled in: the text that gets embedded.
 
         An empty title, section or category is removed together with the separator
         next to it (``"{title} › {section}"`` renders as just the title), so no
         dangling ``" › "`` is embedded.
         """
-        values = {"title": title, "section": section, "category": category}
+        values = {"title": title, "section": section, "category": category, "version": version}
         empty = frozenset(name for name, value in values.items() if not value)
         template = _template_without(self.header_template, empty) if empty else self.header_template
         return template.format(text=text, **values).strip()
@@ -109,7 +115,7 @@ class ChunkerConfig:
             "overlap_chars": self.overlap_chars,
             "min_chars": self.min_chars,
             "header_template": self.header_template,
-        }
+        } | ({"code_max_chars": self.code_max_chars} if self.code_max_chars else {})
 
 
 @lru_cache(maxsize=256)
@@ -139,6 +145,11 @@ def _check_sizes(config: ChunkerConfig) -> None:
         raise ConfigError(
             f"min_chars must be between 0 and max_chars ({config.max_chars}), "
             f"got {config.min_chars!r}"
+        )
+    if config.code_max_chars and not config.max_chars <= config.code_max_chars <= 100_000:
+        raise ConfigError(
+            f"code_max_chars must be 0 (code split like any block) or between max_chars "
+            f"({config.max_chars}) and 100000, got {config.code_max_chars!r}"
         )
 
 

@@ -28,6 +28,8 @@ from bs4 import BeautifulSoup
 from bs4.element import NavigableString, PreformattedString, Tag
 from markdown_it import MarkdownIt
 
+from kbrefresh.build.code_blocks import product_version, split_code
+from kbrefresh.build.html_text import HTML_DROPPED, inline_text, list_lines, table_text
 from kbrefresh.errors import ConfigError
 from kbrefresh.models import TEMPLATE_FIELDS, Chunk, ChunkerConfig, Document, sha256_text
 
@@ -44,10 +46,8 @@ _WORDS = (re.compile(r"\s+"), " ")
 _SPLITTERS = {
     "para": (_PARAGRAPHS, _SENTENCES, _WORDS),
     "lines": (_LINES, _WORDS),
+    "code": (_LINES, _WORDS),  # kept whole instead with code_max_chars (code_blocks.py)
 }
-_HTML_DROPPED = frozenset(
-    {"script", "style", "nav", "footer", "header", "aside", "noscript", "head", "template"}
-)
 _HTML_HEADINGS = {f"h{level}": level for level in range(1, 7)}
 _HTML_PARAGRAPHS = frozenset({"p", "address", "figcaption", "caption", "summary"})
 _HTML_CONTAINERS = frozenset(
@@ -67,10 +67,11 @@ def chunk_document(doc: Document, config: ChunkerConfig) -> list[Chunk]:
     """
     sections = _parse(doc)
     pieces = _section_texts(sections, config)
+    version = product_version(doc.metadata)
     chunks = []
     for index, (section, text) in enumerate(pieces):
         embed_text = config.render(text, title=doc.title.strip(), section=section,
-                                   category=doc.category)
+                                   category=doc.category, version=version)
         if config.aliases:
             embed_text = _with_aliases(embed_text, config.aliases)
         chunks.append(
@@ -119,7 +120,7 @@ def _mentions(text: str, name: str) -> bool:
 @dataclass(frozen=True)
 class _Block:
     text: str
-    kind: str  # "para" or "lines": how to split it when it alone exceeds max_chars
+    kind: str  # "para", "lines" or "code": how to split it when it alone exceeds max_chars
 
 
 @dataclass
@@ -187,7 +188,8 @@ def _markdown_sections(content: str, title: str) -> list[_Section]:
         elif token.type == "paragraph_open" or token.type == "blockquote_open":
             sections.block("\n".join(lines[token.map[0] : token.map[1]]), "para")
         elif token.type != "hr":
-            sections.block("\n".join(lines[token.map[0] : token.map[1]]), "lines")
+            kind = "code" if token.type in ("fence", "code_block") else "lines"
+            sections.block("\n".join(lines[token.map[0] : token.map[1]]), kind)
     return sections.sections
 
 
@@ -217,25 +219,25 @@ class _HtmlWalker:
 
     def _element(self, tag: Tag) -> None:
         name = tag.name
-        if name in _HTML_DROPPED:
+        if name in HTML_DROPPED:
             return
         if name == "br":
             self._inline.append("\n")
             return
         if name not in _HTML_BLOCKS:
-            self._inline.append(_inline_text(tag))
+            self._inline.append(inline_text(tag))
             return
         self._flush()
         if name in _HTML_HEADINGS:
-            self._sections.heading(_HTML_HEADINGS[name], _inline_text(tag))
+            self._sections.heading(_HTML_HEADINGS[name], inline_text(tag))
         elif name in _HTML_PARAGRAPHS:
-            self._sections.block(_inline_text(tag), "para")
+            self._sections.block(inline_text(tag), "para")
         elif name == "pre":
-            self._sections.block(tag.get_text(), "lines")
+            self._sections.block(tag.get_text(), "code")
         elif name in {"ul", "ol"}:
-            self._sections.block("\n".join(_list_lines(tag, 0)), "lines")
+            self._sections.block("\n".join(list_lines(tag, 0)), "lines")
         elif name == "table":
-            self._sections.block(_table_text(tag), "lines")
+            self._sections.block(table_text(tag), "lines")
         elif name != "hr":
             self.walk(tag)
 
@@ -245,58 +247,6 @@ class _HtmlWalker:
         self._sections.block(text, "para")
 
 
-def _inline_text(tag: Tag) -> str:
-    parts: list[str] = []
-    _collect_text(tag, parts)
-    return " ".join("".join(parts).split())
-
-
-def _collect_text(tag: Tag, parts: list[str]) -> None:
-    for node in tag.children:
-        if isinstance(node, Tag):
-            if node.name == "br":
-                parts.append(" ")
-            elif node.name not in _HTML_DROPPED:
-                _collect_text(node, parts)
-        elif isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
-            parts.append(node)
-
-
-def _child_tags(tag: Tag, names: set[str]) -> list[Tag]:
-    return [child for child in tag.children if isinstance(child, Tag) and child.name in names]
-
-
-def _descendant_tags(tag: Tag, names: set[str]) -> Iterator[Tag]:
-    for child in tag.children:
-        if isinstance(child, Tag):
-            if child.name in names:
-                yield child
-            else:
-                yield from _descendant_tags(child, names)
-
-
-def _list_lines(tag: Tag, depth: int) -> list[str]:
-    lines = []
-    for number, item in enumerate(_child_tags(tag, {"li"}), start=1):
-        nested = list(_descendant_tags(item, {"ul", "ol"}))
-        for sub in nested:
-            sub.extract()
-        marker = f"{number}." if tag.name == "ol" else "-"
-        lines.append(f"{'  ' * depth}{marker} {_inline_text(item)}")
-        for sub in nested:
-            lines.extend(_list_lines(sub, depth + 1))
-    return lines
-
-
-def _table_text(tag: Tag) -> str:
-    lines = []
-    lines = [_inline_text(caption) for caption in _child_tags(tag, {"caption"})]
-    for row in _descendant_tags(tag, {"tr"}):
-        cells = _child_tags(row, {"th", "td"})
-        lines.append(" | ".join(_inline_text(cell) for cell in cells))
-    return "\n".join(line for line in lines if line.strip(" |"))
-
-
 # -- packing -----------------------------------------------------------------------
 
 
@@ -304,6 +254,7 @@ def _table_text(tag: Tag) -> str:
 class _Piece:
     text: str
     sep: str  # joins it to the piece before it in the same chunk
+    whole: bool = False  # a code block: no overlap taken from it or put before it
 
 
 def _section_texts(sections: list[_Section], config: ChunkerConfig) -> list[tuple[str, str]]:
@@ -331,6 +282,9 @@ def _section_texts(sections: list[_Section], config: ChunkerConfig) -> list[tupl
 
 
 def _pieces(block: _Block, config: ChunkerConfig) -> list[_Piece]:
+    if block.kind == "code" and config.code_max_chars:
+        return [_Piece(part, _BLOCK_SEP, whole=True)
+                for part in split_code(block.text, config.code_max_chars)]
     return list(_split(block.text, _SPLITTERS[block.kind], config.max_chars, _BLOCK_SEP))
 
 
@@ -358,21 +312,24 @@ def _pack(pieces: list[_Piece], config: ChunkerConfig) -> list[str]:
     chunks: list[str] = []
     current: list[str] = []
     length = 0
+    after_whole = False
     for piece in pieces:
         if current and length + len(piece.sep) + len(piece.text) <= config.max_chars:
             current += [piece.sep, piece.text]
             length += len(piece.sep) + len(piece.text)
+            after_whole = piece.whole
             continue
         if current:
             previous = "".join(current)
             chunks.append(previous)
             joiner = piece.sep or " "
             budget = min(config.overlap_chars, config.max_chars - len(joiner) - len(piece.text))
-            seed = _tail(previous, budget)
+            seed = "" if piece.whole or after_whole else _tail(previous, budget)
             current = [seed, joiner, piece.text] if seed else [piece.text]
         else:
             current = [piece.text]
         length = sum(len(part) for part in current)
+        after_whole = piece.whole
     if current:
         chunks.append("".join(current))
     return chunks

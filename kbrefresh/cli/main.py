@@ -67,7 +67,7 @@ def refresh_kb(
     max_chars: Annotated[int, typer.Option(help="Largest chunk (100-20000 chars).")] = 1200,
     overlap_chars: Annotated[int, typer.Option(help="Chunk overlap (0-5000 chars).")] = 150,
     header_template: Annotated[str, typer.Option(
-        help="Text embedded per chunk: {title}, {section}, {category}, {text}.")] =
+        help="Text embedded per chunk: {title}, {section}, {category}, {version}, {text}.")] =
         ChunkerConfig().header_template,
     keep: Annotated[int | None, typer.Option(help="Versions to keep (live included).")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running refresh.")] = 0.0,

@@ -34,6 +34,12 @@ from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
+from kbrefresh.retraining.adapter import (
+    QueryAdapter,
+    adapters_digest,
+    apply_adapters,
+    load_adapters,
+)
 from kbrefresh.retraining.rebrand_expansion import query_expander
 from kbrefresh.serving import routing
 from kbrefresh.serving.search import search_version
@@ -172,20 +178,22 @@ def evaluate(
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
-    key = golden_key(queries, depth)
+    # Each version sees a query as its readers would: expanded by its rename maps, then
+    # moved by its query adapters (the Retriever's path, ``apply_adapters``).
+    adapters = {v: load_adapters(conn, kb_id, v) for v in targets}
+    key = {v: golden_key(queries, depth, adapters[v]) for v in targets}
     # Live's results from its own gate, when neither live nor the golden set changed since.
-    reused = stored_results(conn, kb_id, live, key) if live is not None else None
+    reused = stored_results(conn, kb_id, live, key[live]) if live is not None else None
     run = [v for v in targets if v != live or reused is None]
-    # Each version sees a query as its readers would: expanded by its rename maps.
     expand = {v: query_expander(conn, kb_id, v) for v in run}
-    vectors = {v: embedder_for_spec(settings, tables[v].spec).embed(
-        [expand[v](q.query) for q in queries]) for v in run}
+    vectors = {v: apply_adapters(embedder_for_spec(settings, tables[v].spec).embed(
+        [expand[v](q.query) for q in queries]), adapters[v]) for v in run}
     results, duplicated = _run(settings, conn, queries, {v: tables[v] for v in run}, vectors, depth)
     if reused is not None and live is not None:
         results[live], duplicated[live] = reused, []
         logger.info("reused live v%d's results on %d golden queries from its own gate", live,
                     len(reused))
-    store_results(conn, kb_id, candidate, key, results[candidate])
+    store_results(conn, kb_id, candidate, key[candidate], results[candidate])
     conn.commit()
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [
@@ -240,9 +248,13 @@ def excluded_queries(
     return stale, gained
 
 
-def golden_key(queries: Sequence[GoldenQuery], depth: int) -> str:
-    """Hash the golden queries and the search depth: what a version's results depend on."""
-    payload = json.dumps([depth, [[q.query, list(q.relevant), q.slice, q.set_name] for q in queries]])
+def golden_key(
+    queries: Sequence[GoldenQuery], depth: int, adapters: Sequence[QueryAdapter] = ()
+) -> str:
+    """Hash the golden queries, the search depth and the version's query adapters: what a
+    version's results depend on."""
+    payload = json.dumps([depth, [[q.query, list(q.relevant), q.slice, q.set_name] for q in queries]]
+                         + ([adapters_digest(adapters)] if adapters else []))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

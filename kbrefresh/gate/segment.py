@@ -66,6 +66,15 @@ class SegmentVerdict:
                 f"p={self.p_value:.3g})")
         return head + ("; passed" if self.passed else f"; failed: {'; '.join(self.reasons)}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentVerdict:
+        """Read back ``to_dict``'s output (a stored or raised verdict)."""
+        def delta(d: dict[str, Any]) -> SliceDelta:
+            return SliceDelta(**{k: v for k, v in d.items() if k != "gain"})
+        return cls(bool(data["passed"]), str(data["segment"]), delta(data["target"]),
+                   float(data["p_value"]), {k: delta(v) for k, v in data["others"].items()},
+                   tuple(data["reasons"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "segment": self.segment, "p_value": self.p_value,
                 "target": asdict(self.target) | {"gain": self.target.gain},
@@ -113,13 +122,26 @@ def judge_segment(
     discordant = target.improved + target.worsened
     p = (binomtest(target.improved, discordant, 0.5, alternative="greater").pvalue
          if discordant else 1.0)
+    return rejudge(SegmentVerdict(True, segment, target, float(p), deltas), policy)
+
+
+def rejudge(verdict: SegmentVerdict, policy: SegmentPolicy) -> SegmentVerdict:
+    """Return ``verdict``'s measurements judged under ``policy`` (same k as measured)."""
+    segment, target, p = verdict.segment, verdict.target, verdict.p_value
     reasons = []
     if target.gain < policy.min_gain:
         reasons.append(f"{segment!r} gained {target.gain * 100:+.1f} points hit@{policy.k}, "
                        f"expected at least {policy.min_gain * 100:+.1f}")
     if p >= policy.alpha:
         reasons.append(f"the gain is not significant (McNemar p={p:.3g} >= {policy.alpha})")
-    for name, d in deltas.items():
+    for name, d in verdict.others.items():
         if -d.gain > policy.max_other_drop + 1e-12:
             reasons.append(f"{name!r} regressed {d.gain * 100:+.1f} points hit@{policy.k}")
-    return SegmentVerdict(not reasons, segment, target, float(p), deltas, tuple(reasons))
+    return SegmentVerdict(not reasons, segment, target, p, dict(verdict.others), tuple(reasons))
+
+
+def smallest_p_value(target: SliceDelta) -> float:
+    """The lowest McNemar p any candidate could reach on these queries: every query the
+    baseline misses found, none lost (``0.5 ** misses``)."""
+    misses = round(target.n * (1 - target.hit_before))
+    return float(binomtest(misses, misses, 0.5, alternative="greater").pvalue) if misses else 1.0

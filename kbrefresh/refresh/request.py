@@ -64,7 +64,7 @@ class RefreshRequest(BaseModel):
                                description="Characters shared by neighbouring chunks")
     header_template: str = Field(
         default=ChunkerConfig.header_template, min_length=6,
-        description="Text embedded per chunk: {title}, {section}, {category}, {text}")
+        description="Text embedded per chunk: {title}, {section}, {category}, {version}, {text}")
     max_shrink: float = Field(default=0.2, ge=0, le=1,
                               description="Largest share of documents the source may lose")
     max_age_days: float | None = Field(default=365.0, gt=0,

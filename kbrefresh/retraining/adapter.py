@@ -63,10 +63,27 @@ class QueryAdapter:
 
 
 def apply_adapters(vectors: npt.ArrayLike, adapters: Sequence[QueryAdapter]) -> F32:
+    """Return the query vectors a version searches with: each adapter moves its segment's
+    queries, the others stay as embedded (unchanged, not even normalised, without adapters).
+
+    The one path from embedded query to searched vector: the Retriever, the validation gate
+    (and through its stored verdict the rollout analysis) and the segment gate all call it.
+    """
+    if not adapters:
+        return np.atleast_2d(np.asarray(vectors, dtype=np.float32))
     out = normalize(vectors)
     for adapter in adapters:
         out = adapter.apply(out)
     return out
+
+
+def adapters_digest(adapters: Sequence[QueryAdapter]) -> str:
+    """A short hash of ``adapters`` (segment and matrix): results searched with them depend on it."""
+    digest = hashlib.sha256()
+    for adapter in adapters:
+        digest.update(adapter.segment.encode("utf-8"))
+        digest.update(np.ascontiguousarray(adapter.matrix, dtype="<f4").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fit_ridge(queries: npt.ArrayLike, targets: npt.ArrayLike, lam: float) -> F32:

@@ -15,6 +15,10 @@ Example ``kb.yaml``::
         max_chars: 600
         overlap_chars: 60
         header_template: "{category} › {title} › {section}\\n\\n{text}"
+        code_max_chars: 2400            # fenced code kept whole up to this (0: split)
+
+``header_template`` may name ``{version}``: the product version from the document's
+front matter (``product_version:`` or ``version:``), left out when it has none.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kbrefresh._text import load_settings_file
+from kbrefresh.build.code_blocks import product_version
 from kbrefresh.errors import ConfigError
 from kbrefresh.models import ChunkerConfig, Document, sha256_text
 
@@ -44,6 +49,7 @@ class SegmentProfile(BaseModel):
     overlap_chars: int = Field(default=ChunkerConfig.overlap_chars, ge=0, le=5000)
     min_chars: int = Field(default=ChunkerConfig.min_chars, ge=0, le=5000)
     header_template: str = Field(default=ChunkerConfig.header_template, min_length=6)
+    code_max_chars: int = Field(default=0, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _one_selector(self) -> SegmentProfile:
@@ -57,7 +63,8 @@ class SegmentProfile(BaseModel):
 
     def chunker(self) -> ChunkerConfig:
         return ChunkerConfig(max_chars=self.max_chars, overlap_chars=self.overlap_chars,
-                             min_chars=self.min_chars, header_template=self.header_template)
+                             min_chars=self.min_chars, header_template=self.header_template,
+                             code_max_chars=self.code_max_chars)
 
     def matches(self, doc_id: str, category: str) -> bool:
         if self.category is not None:
@@ -146,8 +153,11 @@ def apply_profiles(
         profile = profiles.segments[segment]
         key = profile.chunking_key()
         recorded = dict(doc.metadata) | {"chunking": {"segment": segment, "key": key}}
+        # The version may be in every chunk's header: a new version re-chunks the document.
+        version = f":{v}" if (v := product_version(doc.metadata)) else ""
         out.append(ProfiledDocument(
-            replace(doc, content_hash=sha256_text(f"{doc.content_hash}:{key}"), metadata=recorded),
+            replace(doc, content_hash=sha256_text(f"{doc.content_hash}:{key}{version}"),
+                    metadata=recorded),
             profile.chunker(), segment))
     return sorted(out, key=lambda p: p.segment is None)
 

@@ -195,7 +195,7 @@ class Retriever:
             served = self._serve(version)
             vector = served.embedder.embed([served.expand(query)])[0]
             # The version's query adapters move only their segment's queries.
-            searched = apply_adapters([vector], served.adapters)[0] if served.adapters else vector
+            searched = apply_adapters([vector], served.adapters)[0]
             hits = self._pool.run(lambda conn: search_version(
                 conn, served.table, version, searched, k, session_configured=True))
         except (psycopg.Error, KBRefreshError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,17 @@ from kbrefresh.cli.demo import SAMPLES, copy_tree
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.errors import GateFailed
-from kbrefresh.gate.evaluation import load_golden
+from kbrefresh.gate.evaluation import load_golden, run_gate
 from kbrefresh.gate.metrics import hit_at_k
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
+from kbrefresh.release import rollout
+from kbrefresh.release.rollout_policy import RolloutPolicy
 from kbrefresh.retraining import adapter as qa
 from kbrefresh.retraining import segment_training as training
 from kbrefresh.retraining.profiles import load_profiles
-from kbrefresh.retraining.reembed import run_reembed
+from kbrefresh.retraining.reembed import attach_adapter, run_reembed
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 
@@ -158,3 +161,72 @@ def test_retriever_applies_the_adapter_to_segment_queries_on_its_version_only_an
         routing.rollback(conn, kb_id, "hc", reason="test")
         left = conn.execute("SELECT count(*) AS n FROM kb_query_adapters").fetchone()
     assert left == {"n": 0}
+
+
+def _candidate_with_a_misleading_adapter(
+    settings: Settings, work: Path, embedder: OfflineEmbedder,
+) -> qa.QueryAdapter:
+    """v2 = v1's chunks; its adapter sends every query it calls technical to invoices."""
+    run_refresh(settings, RefreshRequest(kb="hc", source=str(work), publish=False, **BARE),
+                embedder=embedder, policy=OPEN)
+    with connect(settings) as conn:
+        kb_id = store.get_kb_id(conn, "hc")
+        table = store.fingerprint_for_version(conn, kb_id, 2).table
+        target = training.doc_vectors(conn, table, 2)["general/billing/invoices"]
+    return _fixed_adapter(embedder, "which header carries the api token",
+                          "invite 20 people at once", target)
+
+
+def test_the_gate_searches_a_candidate_as_it_serves_with_its_adapter(
+    settings: Settings, helpcenter: tuple[Path, Path],
+) -> None:
+    embedder = OfflineEmbedder(dims=64)
+    adapter = _candidate_with_a_misleading_adapter(settings, helpcenter[0], embedder)
+    attach_adapter(settings, "hc", 2, adapter, OPEN)
+
+    ev = run_gate(settings, "hc", 2, against=1, policy=OPEN).evaluation
+    assert ev.live_results is not None
+    raw = qa.normalize(embedder.embed([r.query for r in ev.candidate_results]))
+    moved = adapter.in_segment(raw)
+    assert 10 < moved.sum() < len(moved)
+    changed = []
+    for cand, live, is_moved in zip(ev.candidate_results, ev.live_results, moved, strict=True):
+        assert cand.query == live.query
+        if is_moved:
+            changed.append(cand.retrieved_doc_ids != live.retrieved_doc_ids)
+        else:  # v2 holds v1's vectors: the same search
+            assert cand.retrieved_doc_ids == live.retrieved_doc_ids, cand.query
+    assert sum(changed) >= 10
+    # ... and the gate saw what readers get (the Retriever's path, apply_adapters). W sends
+    # a moved query v to (v · q_tech) × invoices: compare those clearly on that side.
+    clear = moved & (raw @ adapter.centroids["technical"] > 0.1)
+    assert clear.sum() >= 10
+    with Retriever("hc", settings=settings, embedder=embedder, version=2) as r:
+        served = [r.search(c.query, k=5, session_id="s").hits[0].doc_id
+                  for c, m in zip(ev.candidate_results, clear, strict=True) if m]
+    assert served == [c.retrieved_doc_ids[0]
+                      for c, m in zip(ev.candidate_results, clear, strict=True) if m]
+    assert set(served) == {"general/billing/invoices"}
+
+
+def test_the_rollout_analysis_judges_the_candidate_with_its_adapter(
+    settings: Settings, helpcenter: tuple[Path, Path],
+) -> None:
+    embedder = OfflineEmbedder(dims=64)
+    adapter = _candidate_with_a_misleading_adapter(settings, helpcenter[0], embedder)
+    without = run_gate(settings, "hc", 2, against=1, policy=OPEN)
+    outcome = attach_adapter(settings, "hc", 2, adapter, OPEN)
+    plain = rollout.golden_accuracy(without.as_dict(), "hit@5")
+    adapted = rollout.golden_accuracy(outcome.as_dict(), "hit@5")
+    assert adapted == outcome.evaluation.candidate.overall["hit@5"]
+    assert plain is not None and adapted is not None and adapted < plain - 0.1
+    floor = round((plain + adapted) / 2, 3)
+    now = datetime.now(UTC)
+    with connect(settings, autocommit=True) as conn:
+        kb_id = store.get_kb_id(conn, "hc")
+        store.set_status(conn, kb_id, 2, store.VersionStatus.CANDIDATE, verdict=outcome.as_dict())
+        rollout.start(conn, "hc", strategy="canary", candidate=2, now=now,
+                      policy=RolloutPolicy(steps=(10, 50, 100), min_golden_accuracy=floor))
+        step = rollout.run_step(conn, "hc", now=now + timedelta(seconds=1))
+    assert step.action == "abort"
+    assert f"golden hit@5: {adapted:.3f} (below {floor:.3f})" in step.detail, step.detail

@@ -319,14 +319,14 @@ def test_header_template(template: str, title: str, section: str, expected: str)
             {"header_template": "{title} {heading}\n{text}"},
             (
                 "header_template uses unknown placeholder 'heading'; "
-                "valid placeholders are {title}, {section}, {category}, {text}"
+                "valid placeholders are {title}, {section}, {category}, {version}, {text}"
             ),
         ),
         (
             {"header_template": "{title.upper}\n{text}"},
             (
                 "header_template uses unknown placeholder 'title.upper'; "
-                "valid placeholders are {title}, {section}, {category}, {text}"
+                "valid placeholders are {title}, {section}, {category}, {version}, {text}"
             ),
         ),
         (
@@ -341,7 +341,7 @@ def test_header_template(template: str, title: str, section: str, expected: str)
             (
                 "header_template '{title\\n{text}' is not a valid format string "
                 "(unexpected '{' in field name); "
-                "valid placeholders are {title}, {section}, {category}, {text}"
+                "valid placeholders are {title}, {section}, {category}, {version}, {text}"
             ),
         ),
         ({"max_chars": 0}, "max_chars must be at least 1, got 0"),

@@ -9,7 +9,14 @@ import pytest
 
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.metrics import QueryResult
-from kbrefresh.gate.segment import SegmentPolicy, judge_segment
+from kbrefresh.gate.segment import (
+    SegmentPolicy,
+    SegmentVerdict,
+    SliceDelta,
+    judge_segment,
+    rejudge,
+    smallest_p_value,
+)
 from kbrefresh.models import ChunkerConfig, Document
 from kbrefresh.retraining import adapter as qa
 from kbrefresh.retraining.profiles import apply_profiles, load_profiles, parse_profiles
@@ -133,3 +140,34 @@ def test_plan_cost_is_priced_per_model() -> None:
     assert estimated_cost("openai", "text-embedding-3-small", 1_000_000) == pytest.approx(0.02)
     assert estimated_cost("offline", "lexical-hash-v1", 10**9) == 0.0
     assert estimated_cost("openai", "some-new-model", 10) is None
+
+
+def _delta(n: int, before: float, after: float, improved: int, worsened: int) -> SliceDelta:
+    return SliceDelta(n, before, after, 0.0, 0.0, improved, worsened)
+
+
+def test_rejudge_applies_another_policy_to_the_same_measurements() -> None:
+    measured = SegmentVerdict(True, "technical", _delta(82, 78 / 82, 81 / 82, 3, 0), 0.125,
+                              {"general": _delta(90, 0.9, 0.9 - 1 / 90, 0, 1)})
+    strict = rejudge(measured, SegmentPolicy())
+    loose = rejudge(measured, SegmentPolicy(alpha=0.15, max_other_drop=0.02))
+
+    assert not strict.passed and loose.passed
+    assert strict.reasons == ("the gain is not significant (McNemar p=0.125 >= 0.05)",
+                              "'general' regressed -1.1 points hit@5")
+    assert (strict.target, strict.p_value, strict.others) == (
+        measured.target, measured.p_value, measured.others)
+
+
+@pytest.mark.parametrize(("n", "hit_before", "expected"), [
+    (82, 78 / 82, 0.0625), (38, 30 / 38, 0.5 ** 8), (10, 1.0, 1.0)])
+def test_smallest_p_value_is_half_to_the_power_of_the_misses(
+    n: int, hit_before: float, expected: float,
+) -> None:
+    assert smallest_p_value(_delta(n, hit_before, hit_before, 0, 0)) == pytest.approx(expected)
+
+
+def test_a_segment_verdict_reads_back_from_its_dict() -> None:
+    verdict = SegmentVerdict(False, "technical", _delta(82, 0.9, 0.95, 4, 0), 0.0625,
+                             {"general": _delta(90, 0.9, 0.88, 0, 2)}, ("reason",))
+    assert SegmentVerdict.from_dict(verdict.to_dict()) == verdict
