@@ -75,6 +75,17 @@ def _shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+class _HideSecret(logging.Filter):
+    """Drop log records that would print ``secret`` (other records pass untouched)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.secret not in record.getMessage()
+
+
 def send(settings: Settings, notice: Notice, *,
          transport: httpx.BaseTransport | None = None) -> list[str]:
     """Post ``notice`` to ``settings.notify_webhook_url``; return problems, never raise.
@@ -86,6 +97,10 @@ def send(settings: Settings, notice: Notice, *,
         return []
     url = settings.notify_webhook_url.get_secret_value()
     host = httpx.URL(url).host or "the webhook"
+    hide = _HideSecret(url)
+    # httpx logs every request's full URL at INFO ("HTTP Request: POST <url> ..."): the token.
+    httpx_logger = logging.getLogger("httpx")
+    httpx_logger.addFilter(hide)
     try:
         with httpx.Client(timeout=settings.notify_timeout_seconds, transport=transport) as client:
             response = client.post(url, json=notice.payload())
@@ -93,6 +108,8 @@ def send(settings: Settings, notice: Notice, *,
         problem = f"webhook at {host} unreachable: {type(exc).__name__}"
         logger.warning("notification %r not delivered: %s", notice.kind, problem)
         return [problem]
+    finally:
+        httpx_logger.removeFilter(hide)
     if response.is_success:
         return []
     problem = f"webhook at {host} answered {response.status_code}"
