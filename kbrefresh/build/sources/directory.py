@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -56,21 +57,80 @@ def _markdown() -> MarkdownIt:
     return parser
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    """One supported file's bytes, read once; ``parse_file`` turns it into a document."""
+
+    path: Path
+    rel: PurePosixPath
+    fmt: str
+    raw: bytes
+    mtime_ns: int
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.rel.with_suffix(""))
+
+    @property
+    def uri(self) -> str:
+        return self.path.absolute().as_uri()
+
+    @property
+    def modified_at(self) -> datetime:
+        return datetime.fromtimestamp(self.mtime_ns / 1e9, tz=UTC)
+
+
+class DirectoryReader:
+    """Walk ``root`` once, yielding each supported file's bytes; unreadable ones become problems."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[LoadProblem] = []
+        self.skipped = 0
+
+    def files(self) -> Iterator[SourceFile]:
+        for path in _walk(self.root, self.problems):
+            rel = PurePosixPath(path.relative_to(self.root).as_posix())
+            fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+            if fmt is None:
+                self.skipped += 1
+                continue
+            try:
+                with path.open("rb") as handle:
+                    raw = handle.read()
+                    mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
+            except OSError as exc:
+                self.problems.append(LoadProblem(
+                    path=str(rel), reason=f"cannot be read: {exc.strerror or exc}"))
+                continue
+            yield SourceFile(path, rel, fmt, raw, mtime_ns)
+
+    def take_problems(self) -> list[LoadProblem]:
+        """Return the problems found since the last call."""
+        problems, self.problems = self.problems, []
+        return problems
+
+
+def parse_file(file: SourceFile) -> tuple[Document, bool] | LoadProblem:
+    """Return (document, dated by the file's mtime) or the problem that stops it."""
+    try:
+        return _load_file(file)
+    except _Problem as exc:
+        return LoadProblem(path=str(file.rel), reason=str(exc))
+
+
 def load_directory(root: Path, *, source: str) -> LoadResult:
     """Load every supported file under ``root`` (recursively, hidden entries ignored)."""
     documents: list[Document] = []
     problems: list[LoadProblem] = []
-    skipped = 0
-    for path in _walk(root, problems):
-        rel = PurePosixPath(path.relative_to(root).as_posix())
-        fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
-        if fmt is None:
-            skipped += 1
-            continue
-        try:
-            documents.append(_load_file(path, rel, fmt))
-        except _Problem as exc:
-            problems.append(LoadProblem(path=str(rel), reason=str(exc)))
+    reader = DirectoryReader(root)
+    for file in reader.files():
+        parsed = parse_file(file)
+        if isinstance(parsed, LoadProblem):
+            problems.append(parsed)
+        else:
+            documents.append(parsed[0])
+    problems += reader.take_problems()
     documents.sort(key=lambda doc: (doc.doc_id, doc.uri))
     problems.sort(key=lambda problem: problem.path)
     logger.info(
@@ -78,13 +138,13 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
         len(documents),
         source,
         len(problems),
-        skipped,
+        reader.skipped,
     )
     return LoadResult(
         documents=tuple(documents),
         problems=tuple(problems),
         source=source,
-        skipped_files=skipped,
+        skipped_files=reader.skipped,
     )
 
 
@@ -102,11 +162,7 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
                 yield Path(dirpath, name)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
+def _decode(raw: bytes) -> str:
     try:
         # utf-8-sig: strict UTF-8 that also accepts the BOM some editors write.
         text = raw.decode("utf-8-sig")
@@ -119,8 +175,9 @@ def _read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
-    text = _read_text(path)
+def _load_file(file: SourceFile) -> tuple[Document, bool]:
+    text = _decode(file.raw)
+    fmt, rel = file.fmt, file.rel
     fields: dict[str, Any] = {}
     title: str | None = None
     if fmt == "markdown":
@@ -130,12 +187,12 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
     title = _str_field(fields.pop("title", None)) or title
     if title is None and fmt == "markdown":
         title = _markdown_title(text)  # parsing is costly: only without a front-matter title
-    title = title or path.stem
+    title = title or file.path.stem
     default_category = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_CATEGORY
     category = _str_field(fields.pop("category", None)) or default_category
     updated = fields.pop("updated", None)
     if updated is None:
-        modified_at = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        modified_at = file.modified_at
     else:
         try:
             modified_at = as_utc_datetime(updated)
@@ -145,8 +202,8 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
                 "expected YYYY-MM-DD or an ISO 8601 datetime"
             ) from exc
     return Document(
-        doc_id=str(rel.with_suffix("")),
-        uri=path.absolute().as_uri(),
+        doc_id=file.doc_id,
+        uri=file.uri,
         title=title,
         category=category,
         content=text,
@@ -154,7 +211,7 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
         content_hash=document_content_hash(title, category, text),
         modified_at=modified_at,
         metadata=json_safe(fields),
-    )
+    ), updated is None
 
 
 def _str_field(value: object) -> str | None:
