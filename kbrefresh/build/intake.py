@@ -54,12 +54,13 @@ Lookup = Callable[[Sequence[str]], Mapping[str, Mapping[str, Any]]]
 class IntakeBatch:
     """One batch of a source: every document's catalog row, and the documents parsed."""
 
-    rows: tuple[dict[str, Any], ...]
+    rows: tuple[dict[str, Any], ...]  # parsed documents' catalog rows
     parsed: tuple[ProfiledDocument, ...]
     # Parsed documents whose hash differs from the base's: their chunks are staged.
     changed: tuple[ProfiledDocument, ...]
     problems: tuple[LoadProblem, ...]
-    reused: tuple[dict[str, Any], ...] = ()
+    # Files not parsed: (doc id, source key, modified_at or None to keep the catalog's).
+    kept: tuple[tuple[str, str, datetime | None], ...] = ()
 
 
 @dataclass
@@ -74,10 +75,10 @@ class IntakeCounts:
     largest_batch: int = 0
 
     def add(self, batch: IntakeBatch) -> None:
-        size = len(batch.rows)
+        size = len(batch.rows) + len(batch.kept)
         self.read += size
-        self.parsed += len(batch.parsed)
-        self.skipped += size - len(batch.parsed)
+        self.parsed += len(batch.rows)
+        self.skipped += len(batch.kept)
         self.batches += 1
         self.largest_batch = max(self.largest_batch, size)
 
@@ -138,8 +139,7 @@ def _directory_batch(
     files: list[SourceFile], known: Mapping[str, Mapping[str, Any]], profiles: KbProfiles | None,
     chunker: ChunkerConfig, context: str, reparse: bool, problems: list[LoadProblem],
 ) -> IntakeBatch:
-    rows: list[dict[str, Any]] = []
-    reused: list[dict[str, Any]] = []
+    kept: list[tuple[str, str, datetime | None]] = []
     docs: list[Document] = []
     keys: dict[str, tuple[str, bool]] = {}
     for file in files:
@@ -147,9 +147,8 @@ def _directory_batch(
         old = known.get(file.doc_id)
         if (not reparse and old is not None and old["source_key"] == key
                 and old["base_hash"] == old["content_hash"]):
-            row = _reused_row(old, file, key)
-            rows.append(row)
-            reused.append(row)
+            # A date from the file's mtime follows the file (a touch or a fresh checkout).
+            kept.append((file.doc_id, key, file.modified_at if old["mtime_dated"] else None))
             continue
         parsed = parse_file(file)
         if isinstance(parsed, LoadProblem):
@@ -159,17 +158,8 @@ def _directory_batch(
         docs.append(doc)
         keys[doc.doc_id] = (key, mtime_dated)
     profiled = tuple(apply_profiles(docs, profiles, chunker))
-    for p in profiled:
-        key, mtime_dated = keys[p.document.doc_id]
-        rows.append(_row(p.document, key, mtime_dated))
-    return IntakeBatch(tuple(rows), profiled, _changed(profiled, known), tuple(problems),
-                       tuple(reused))
-
-
-def _reused_row(old: Mapping[str, Any], file: SourceFile, key: str) -> dict[str, Any]:
-    # A date from the file's mtime follows the file (a touch or a fresh checkout moves it).
-    modified = file.modified_at if old["mtime_dated"] else old["modified_at"]
-    return dict(old) | {"modified_at": modified, "source_key": key}
+    rows = tuple(_row(p.document, *keys[p.document.doc_id]) for p in profiled)
+    return IntakeBatch(rows, profiled, _changed(profiled, known), tuple(problems), tuple(kept))
 
 
 def _row(doc: Document, key: str | None, mtime_dated: bool) -> dict[str, Any]:
@@ -192,46 +182,44 @@ def _changed(
 class QualityTally:
     """The quality checks of ``check_documents``, fed batch by batch.
 
-    Per-document checks run on parsed documents (a reused document's text and the
-    limits it was checked against are unchanged: both are in its source key); titles
-    and dates of reused ones are checked from the catalog; duplicates come from SQL.
+    Per-document checks run on parsed documents (a kept document's text and the limits
+    it was checked against are unchanged: both are in its source key); counts, dates,
+    kept documents' titles and duplicates come from the intake table (SQL).
     """
 
     policy: QualityPolicy
     source: str
-    count: int = 0
-    newest: datetime | None = None
     problems: list[QualityIssue] = field(default_factory=list)
     documents: list[QualityIssue] = field(default_factory=list)
 
     def add(self, batch: IntakeBatch) -> None:
-        self.count += len(batch.rows)
         self.problems += [QualityIssue("load_problem", ERROR, f"{p.path!r} {p.reason}")
                           for p in batch.problems]
         self.documents += document_issues([p.document for p in batch.parsed], self.policy)
-        for row in batch.reused:
-            self.documents += title_issues(row["doc_id"], row["title"])
-        for row in batch.rows:
-            moment = row["modified_at"]
-            if moment is not None and (self.newest is None or moment > self.newest):
-                self.newest = moment
 
     def report(
         self,
         *,
+        intake: Mapping[str, Any],
         previous_doc_count: int | None,
         duplicates: tuple[Mapping[str, Sequence[str]], Sequence[Sequence[str]]],
         now: datetime,
     ) -> QualityReport:
-        """Return the report ``check_documents`` would give for the whole source."""
+        """Return the report ``check_documents`` would give for the whole source.
+
+        ``intake``: ``count``, ``newest`` and ``untitled`` (kept documents without a
+        title) over the whole intake, from ``store.close_intake``.
+        """
+        count, newest = int(intake["count"]), intake["newest"]
         issues = list(self.problems)
-        if not self.count:
+        if not count:
             issues.append(QualityIssue("empty_source", ERROR,
                                        f"source {self.source!r} has no documents"))
         issues += self.documents
+        for doc_id in intake["untitled"]:
+            issues += title_issues(doc_id, "")
         issues += duplicate_issues(duplicates[0], duplicates[1], self.policy)
-        issues += freshness_issues(self.count, self.newest, self.policy, now)
-        issues += shrinkage_issues(self.count, previous_doc_count, self.policy)
-        return QualityReport(issues=tuple(issues), doc_count=self.count,
-                             previous_doc_count=previous_doc_count, newest_modified_at=self.newest)
-
+        issues += freshness_issues(count, newest, self.policy, now)
+        issues += shrinkage_issues(count, previous_doc_count, self.policy)
+        return QualityReport(issues=tuple(issues), doc_count=count,
+                             previous_doc_count=previous_doc_count, newest_modified_at=newest)

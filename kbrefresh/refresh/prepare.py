@@ -65,6 +65,7 @@ def prepare_data(
                          profiles=profiles, context=context_key(profiles, chunker, policy),
                          tally=tally, counts=intake)
         report = tally.report(
+            intake=store.close_intake(conn, ticket.kb_id),
             previous_doc_count=store.manifest_size(conn, ticket.kb_id, ticket.live_version),
             duplicates=store.intake_duplicates(conn), now=datetime.now(UTC))
         if not report.passed:
@@ -81,7 +82,7 @@ def prepare_data(
         conn.commit()
     logger.info("read %d documents in %d batches: %d parsed, %d unchanged files not parsed",
                 intake.read, intake.batches, intake.parsed, intake.skipped)
-    return PrepareResult(tag, tally.count, total, changes, report.to_dict(), intake.as_counts())
+    return PrepareResult(tag, report.doc_count, total, changes, report.to_dict(), intake.as_counts())
 
 
 def take_in(
@@ -109,7 +110,7 @@ def take_in(
     ):
         tally.add(batch)
         counts.add(batch)
-        store.copy_intake(conn, ticket.kb_id, batch.rows)
+        store.copy_intake(conn, ticket.kb_id, batch.rows, batch.kept)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
         staged += build.append_chunks(conn, ticket.kb_id, ticket.version, (
             chunk for p in batch.changed for chunk in chunk_document(p.document, p.chunker)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from kbrefresh.store.documents import (
     DocumentChanges,
     catalog_manifest,
+    close_intake,
     copy_intake,
     diff_documents,
     intake_duplicates,
@@ -82,6 +83,7 @@ __all__ = [
     "build_main_index",
     "build_workers",
     "catalog_manifest",
+    "close_intake",
     "compact",
     "copy_intake",
     "delta_rows",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -85,14 +86,13 @@ _INTAKE_COLUMNS = ("doc_id", "uri", "title", "category", "metadata", "content_ha
 def known_documents(
     conn: Conn, kb_id: int, base: int | None, doc_ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """Return, per doc id, its catalog row and ``base_hash``, its content hash in ``base``.
-
-    ``source_key`` is None for a document the catalog lists as deleted.
+    """Return, per doc id, its catalog ``source_key``, ``content_hash``, ``mtime_dated`` and
+    ``base_hash`` (its hash in ``base``); ``source_key`` is None for a deleted document.
     """
     rows = conn.execute(
-        "SELECT i.doc_id, d.uri, d.title, d.category, d.metadata, d.content_hash,"
-        " d.modified_at, CASE WHEN d.deleted_at IS NULL THEN d.source_key END AS source_key,"
-        " d.mtime_dated, v.content_hash AS base_hash FROM unnest(%s::text[]) AS i(doc_id)"
+        "SELECT i.doc_id, d.content_hash, d.mtime_dated, v.content_hash AS base_hash,"
+        " CASE WHEN d.deleted_at IS NULL THEN d.source_key END AS source_key"
+        " FROM unnest(%s::text[]) AS i(doc_id)"
         " LEFT JOIN kb_documents d ON d.kb_id = %s AND d.doc_id = i.doc_id"
         " LEFT JOIN kb_version_documents v ON v.kb_id = %s AND v.version = %s"
         " AND v.doc_id = i.doc_id",
@@ -104,12 +104,18 @@ def known_documents(
 def open_intake(conn: Conn) -> None:
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_intake "
                  "(LIKE kb_documents INCLUDING DEFAULTS) ON COMMIT DROP")
-    conn.execute("TRUNCATE tmp_intake")
+    # Documents whose file was not parsed: the rest of their row comes from the catalog.
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_intake_kept (doc_id text NOT NULL,"
+                 " source_key text NOT NULL, modified_at timestamptz) ON COMMIT DROP")
+    conn.execute("TRUNCATE tmp_intake, tmp_intake_kept")
 
 
-def copy_intake(conn: Conn, kb_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Append document rows (keys as ``_INTAKE_COLUMNS``) to the intake; return how many."""
-    count = 0
+def copy_intake(
+    conn: Conn, kb_id: int, rows: Iterable[Mapping[str, Any]],
+    kept: Iterable[tuple[str, str, datetime | None]] = (),
+) -> None:
+    """Append parsed rows (keys as ``_INTAKE_COLUMNS``) and kept ``(doc_id, source_key,
+    modified_at or None for the catalog's)`` rows to the intake."""
     with conn.cursor().copy(
         sql.SQL("COPY tmp_intake (kb_id, {}) FROM STDIN").format(
             sql.SQL(", ").join(map(sql.Identifier, _INTAKE_COLUMNS)))
@@ -118,8 +124,26 @@ def copy_intake(conn: Conn, kb_id: int, rows: Iterable[Mapping[str, Any]]) -> in
             values = [row[c] for c in _INTAKE_COLUMNS]
             values[4] = json.dumps(dict(values[4]), default=str)
             copy.write_row([kb_id, *values])
-            count += 1
-    return count
+    with conn.cursor().copy(
+            "COPY tmp_intake_kept (doc_id, source_key, modified_at) FROM STDIN") as copy:
+        for item in kept:
+            copy.write_row(item)
+
+
+def close_intake(conn: Conn, kb_id: int) -> dict[str, Any]:
+    """Complete kept rows from the catalog; return ``count``, ``newest`` and ``untitled`` ids."""
+    conn.execute(
+        "INSERT INTO tmp_intake (kb_id, doc_id, uri, title, category, metadata, content_hash,"
+        " modified_at, source_key, mtime_dated) SELECT d.kb_id, d.doc_id, d.uri, d.title,"
+        " d.category, d.metadata, d.content_hash, coalesce(k.modified_at, d.modified_at),"
+        " k.source_key, d.mtime_dated FROM tmp_intake_kept k JOIN kb_documents d"
+        " ON d.kb_id = %s AND d.doc_id = k.doc_id", (kb_id,))
+    row = conn.execute(
+        "SELECT count(*) AS count, max(modified_at) AS newest, coalesce(array_agg(doc_id"
+        " ORDER BY doc_id) FILTER (WHERE doc_id IN (SELECT doc_id FROM tmp_intake_kept)"
+        " AND btrim(title) = ''), '{}') AS untitled FROM tmp_intake").fetchone()
+    assert row is not None
+    return dict(row)
 
 
 def intake_duplicates(conn: Conn) -> tuple[dict[str, list[str]], list[list[str]]]:

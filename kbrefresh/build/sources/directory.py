@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import yaml
 from bs4 import BeautifulSoup
@@ -61,19 +62,13 @@ def _markdown() -> MarkdownIt:
 class SourceFile:
     """One supported file's bytes, read once; ``parse_file`` turns it into a document."""
 
-    path: Path
-    rel: PurePosixPath
+    path: str
+    rel: str  # relative to the root, with "/" separators
+    doc_id: str
+    uri: str
     fmt: str
     raw: bytes
     mtime_ns: int
-
-    @property
-    def doc_id(self) -> str:
-        return str(self.rel.with_suffix(""))
-
-    @property
-    def uri(self) -> str:
-        return self.path.absolute().as_uri()
 
     @property
     def modified_at(self) -> datetime:
@@ -89,21 +84,30 @@ class DirectoryReader:
         self.skipped = 0
 
     def files(self) -> Iterator[SourceFile]:
-        for path in _walk(self.root, self.problems):
-            rel = PurePosixPath(path.relative_to(self.root).as_posix())
-            fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+        # Plain strings, not pathlib: this loop runs for every file of every refresh.
+        # The uri is what Path.absolute().as_uri() gives, without a Path per file.
+        base = str(self.root.absolute())
+        base_uri = "file://" + quote_from_bytes(os.fsencode(base))
+        for dirpath, name in _walk(Path(base), self.problems):
+            suffix = os.path.splitext(name)[1]
+            fmt = FORMATS_BY_SUFFIX.get(suffix.lower())
             if fmt is None:
                 self.skipped += 1
                 continue
+            rel_dir = dirpath[len(base) + 1:].replace(os.sep, "/")
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(dirpath, name)
             try:
-                with path.open("rb") as handle:
+                with open(path, "rb") as handle:
                     raw = handle.read()
                     mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
             except OSError as exc:
                 self.problems.append(LoadProblem(
-                    path=str(rel), reason=f"cannot be read: {exc.strerror or exc}"))
+                    path=rel, reason=f"cannot be read: {exc.strerror or exc}"))
                 continue
-            yield SourceFile(path, rel, fmt, raw, mtime_ns)
+            yield SourceFile(path, rel, rel[: len(rel) - len(suffix)],
+                             base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, raw,
+                             mtime_ns)
 
     def take_problems(self) -> list[LoadProblem]:
         """Return the problems found since the last call."""
@@ -116,7 +120,7 @@ def parse_file(file: SourceFile) -> tuple[Document, bool] | LoadProblem:
     try:
         return _load_file(file)
     except _Problem as exc:
-        return LoadProblem(path=str(file.rel), reason=str(exc))
+        return LoadProblem(path=file.rel, reason=str(exc))
 
 
 def load_directory(root: Path, *, source: str) -> LoadResult:
@@ -148,7 +152,7 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
     )
 
 
-def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
+def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[tuple[str, str]]:
     def unlisted(exc: OSError) -> None:
         # os.walk skips unreadable folders silently; their files would just vanish.
         where = Path(exc.filename or root)
@@ -159,7 +163,7 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
-                yield Path(dirpath, name)
+                yield dirpath, name
 
 
 def _decode(raw: bytes) -> str:
@@ -187,8 +191,9 @@ def _load_file(file: SourceFile) -> tuple[Document, bool]:
     title = _str_field(fields.pop("title", None)) or title
     if title is None and fmt == "markdown":
         title = _markdown_title(text)  # parsing is costly: only without a front-matter title
-    title = title or file.path.stem
-    default_category = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_CATEGORY
+    title = title or PurePosixPath(rel).stem
+    parts = rel.split("/")
+    default_category = parts[0] if len(parts) > 1 else DEFAULT_CATEGORY
     category = _str_field(fields.pop("category", None)) or default_category
     updated = fields.pop("updated", None)
     if updated is None:
