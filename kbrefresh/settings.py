@@ -57,6 +57,8 @@ EXPECTED: dict[str, str] = {
     "index_build_workers": "an integer from 0 to 64, or unset (sized to the server)",
     "delta_exact_rows": "an integer from 0 to 100000",
     "compact_share": "a number from 0 to 10",
+    "source_batch_size": "an integer from 1 to 100000",
+    "reparse_sources": "true or false",
     "notify_webhook_url": "an http:// or https:// URL",
     "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
     "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
@@ -139,6 +141,10 @@ class Settings(BaseSettings):
     # each embedding batch against the plan's token estimate; None means no limit.
     build_max_tokens: int | None = Field(default=None, ge=1)
     build_max_seconds: float | None = Field(default=None, gt=0)
+    # A refresh reads the source in batches of this many documents (memory is bounded by
+    # it), and parses only files whose bytes changed unless reparse_sources is set.
+    source_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    reparse_sources: bool = False
 
     # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that
     # receives JSON, and Prefect notification blocks by name ("slack-oncall,email-ml").

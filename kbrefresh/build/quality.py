@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -40,7 +40,13 @@ __all__ = [
     "QualityPolicy",
     "QualityReport",
     "check_documents",
+    "document_issues",
+    "duplicate_issues",
+    "freshness_issues",
+    "newest_modified",
     "require_quality",
+    "shrinkage_issues",
+    "title_issues",
 ]
 
 logger = logging.getLogger(__name__)
@@ -180,11 +186,11 @@ def check_documents(
         issues.append(
             QualityIssue("empty_source", ERROR, f"source {result.source!r} has no documents")
         )
-    issues += _document_issues(docs, policy)
+    issues += document_issues(docs, policy)
     issues += _duplicate_issues(docs, policy)
-    newest = _newest(docs)
-    issues += _freshness_issues(docs, newest, policy, now)
-    issues += _shrinkage_issues(len(docs), previous_doc_count, policy)
+    newest = newest_modified(docs)
+    issues += freshness_issues(len(docs), newest, policy, now)
+    issues += shrinkage_issues(len(docs), previous_doc_count, policy)
     report = QualityReport(
         issues=tuple(issues),
         doc_count=len(docs),
@@ -266,7 +272,7 @@ def _visible_at_least(doc: Document, min_chars: int) -> int:
     return visible_length(doc)
 
 
-def _document_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[QualityIssue]:
+def document_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[QualityIssue]:
     issues = []
     for doc in docs:
         length = _visible_at_least(doc, policy.min_chars)
@@ -280,20 +286,32 @@ def _document_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[Qu
                 f"fewer than the minimum {policy.min_chars}"
             )
             issues.append(QualityIssue("too_short", ERROR, message, doc.doc_id))
-        if not doc.title.strip():
-            message = f"document {doc.doc_id!r} has no title"
-            issues.append(QualityIssue("missing_title", WARNING, message, doc.doc_id))
+        issues += title_issues(doc.doc_id, doc.title)
     return issues
 
 
+def title_issues(doc_id: str, title: str) -> list[QualityIssue]:
+    if title.strip():
+        return []
+    return [QualityIssue("missing_title", WARNING, f"document {doc_id!r} has no title", doc_id)]
+
+
 def _duplicate_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[QualityIssue]:
-    issues = []
     uris_by_id: dict[str, list[str]] = defaultdict(list)
     ids_by_hash: dict[str, list[str]] = defaultdict(list)
     for doc in docs:
         uris_by_id[doc.doc_id].append(doc.uri)
         if doc.doc_id not in ids_by_hash[doc.content_hash]:
             ids_by_hash[doc.content_hash].append(doc.doc_id)
+    return duplicate_issues(uris_by_id, ids_by_hash.values(), policy)
+
+
+def duplicate_issues(
+    uris_by_id: Mapping[str, Sequence[str]], ids_by_content: Iterable[Sequence[str]],
+    policy: QualityPolicy,
+) -> list[QualityIssue]:
+    """Return the issues for ids used more than once and for groups of ids sharing content."""
+    issues = []
     for doc_id, uris in uris_by_id.items():
         if len(uris) > 1:
             message = (
@@ -302,7 +320,7 @@ def _duplicate_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[Q
             )
             issues.append(QualityIssue("duplicate_id", ERROR, message, doc_id))
     severity = ERROR if policy.fail_on_duplicate_content else WARNING
-    for ids in ids_by_hash.values():
+    for ids in ids_by_content:
         if len(ids) > 1:
             names = ", ".join(repr(doc_id) for doc_id in ids)
             message = f"documents {names} have identical content"
@@ -310,7 +328,7 @@ def _duplicate_issues(docs: Sequence[Document], policy: QualityPolicy) -> list[Q
     return issues
 
 
-def _newest(docs: Sequence[Document]) -> datetime | None:
+def newest_modified(docs: Sequence[Document]) -> datetime | None:
     times = [_aware(doc.modified_at) for doc in docs if doc.modified_at is not None]
     return max(times) if times else None
 
@@ -320,10 +338,10 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _freshness_issues(
-    docs: Sequence[Document], newest: datetime | None, policy: QualityPolicy, now: datetime
+def freshness_issues(
+    doc_count: int, newest: datetime | None, policy: QualityPolicy, now: datetime
 ) -> list[QualityIssue]:
-    if policy.max_age_days is None or not docs:
+    if policy.max_age_days is None or not doc_count:
         return []
     if newest is None:
         message = "no document has a modification time, so freshness was not checked"
@@ -339,7 +357,7 @@ def _freshness_issues(
     return [QualityIssue("freshness", ERROR, message)]
 
 
-def _shrinkage_issues(
+def shrinkage_issues(
     doc_count: int, previous: int | None, policy: QualityPolicy
 ) -> list[QualityIssue]:
     if not previous or doc_count >= (1 - policy.max_shrink) * previous:

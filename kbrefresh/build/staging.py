@@ -149,7 +149,16 @@ def record_documents(
 
 def stage_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) -> int:
     """Replace the staged chunks of ``version`` with ``chunks``; return how many."""
+    clear_staged_chunks(conn, kb_id, version)
+    return append_chunks(conn, kb_id, version, chunks)
+
+
+def clear_staged_chunks(conn: Conn, kb_id: int, version: int) -> None:
     conn.execute("DELETE FROM kb_build_chunks WHERE kb_id = %s AND version = %s", (kb_id, version))
+
+
+def append_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) -> int:
+    """Stage ``chunks`` for ``version`` (after those already staged); return how many."""
     count = 0
     with conn.cursor().copy(
         "COPY kb_build_chunks (kb_id, version, doc_id, chunk_index, content, embed_text, "

@@ -236,6 +236,9 @@ class RefreshReport:
     model_version: str | None = None
     warnings: list[str] = field(default_factory=list)
     published: bool = True
+    # Files read and parsed vs read and skipped (bytes unchanged since their last parse).
+    documents_parsed: int = 0
+    documents_skipped: int = 0
 
     def summary(self) -> str:
         state = "is live" if self.published else "passed the gate and waits for a rollout"
@@ -393,4 +396,6 @@ def make_report(
         mlflow_run_id=record.run_id, model_version=record.model_version,
         warnings=[w for w in (record.warning, registry_warning) if w],
         published=published.to_version == ticket.version,
+        documents_parsed=prepared.intake.get("documents_parsed", 0),
+        documents_skipped=prepared.intake.get("documents_skipped", 0),
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -20,20 +19,18 @@ from psycopg import sql
 from kbrefresh import store
 from kbrefresh._faults import fault_point
 from kbrefresh.build import staging as build
-from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.embedding import EmbedStats
-from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
-from kbrefresh.build.sources import load_source
 from kbrefresh.build.staging import BuildPlan
 from kbrefresh.db import LOCK_NAMESPACE, connect
 from kbrefresh.embedders import Embedder, make_embedder
-from kbrefresh.errors import BuildLockedError, DataQualityError
+from kbrefresh.errors import BuildLockedError
 from kbrefresh.gate import smoke as smoke_checks
 from kbrefresh.gate.evaluation import GateOutcome, run_gate
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.smoke import SmokeResult
 from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
 from kbrefresh.refresh.embed_steps import embed_changed
+from kbrefresh.refresh.prepare import PrepareResult, prepare_data
 from kbrefresh.refresh.publish_steps import (
     PublishResult,
     compact_index,
@@ -43,7 +40,6 @@ from kbrefresh.refresh.publish_steps import (
     stage_version,
     sync_aliases,
 )
-from kbrefresh.retraining.profiles import KbProfiles, apply_profiles
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
@@ -51,7 +47,7 @@ from kbrefresh.tracking import runs
 # The publish-side steps live in publish_steps; callers name every step as steps.<name>.
 __all__ = [  # noqa: RUF022
     "PublishResult", "compact_index", "publish_version", "record_build", "stage_version",
-    "sync_aliases", "embed_changed", "refuse_during_rollout",
+    "sync_aliases", "embed_changed", "refuse_during_rollout", "PrepareResult", "prepare_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,89 +153,6 @@ def begin_version(
                        fp.storage)
 
 
-@dataclass(frozen=True)
-class PrepareResult:
-    dataset_tag: str
-    documents: int
-    chunks: int
-    changes: store.DocumentChanges
-    quality: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_data(
-    settings: Settings,
-    ticket: BuildTicket,
-    source: str,
-    *,
-    query: str | None = None,
-    chunker: ChunkerConfig | None = None,
-    quality: QualityPolicy | None = None,
-    profiles: KbProfiles | None = None,
-) -> PrepareResult:
-    """Load the source, run quality checks, record the manifest and stage chunks.
-
-    Raises:
-        DataQualityError: the data failed its checks; the version is marked failed
-            with the report and nothing is published.
-    """
-    loaded = load_source(source, query=query)
-    with connect(settings) as conn:
-        previous = _live_doc_count(conn, ticket)
-        report = check_documents(
-            loaded, previous_doc_count=previous, policy=quality or QualityPolicy(),
-            now=datetime.now(UTC),
-        )
-        try:
-            require_quality(report)
-        except DataQualityError:
-            store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.FAILED,
-                             quality=report.to_dict(), error="data quality checks failed",
-                             finished_at=datetime.now(UTC))
-            conn.commit()
-            raise
-        profiled = apply_profiles(loaded.documents, profiles, chunker or ChunkerConfig())
-        documents = [p.document for p in profiled]
-        changes = build.record_documents(conn, ticket.kb_id, ticket.version, documents)
-        base = None if ticket.fingerprint_changed else ticket.live_version
-        manifest = store.version_manifest(conn, ticket.kb_id, base)
-        same = {d.doc_id for d in documents if manifest.get(d.doc_id) == d.content_hash}
-        current = {d.doc_id for d in documents}
-        touched = (current - same) | (manifest.keys() - current)
-        build.record_touched_documents(conn, ticket.kb_id, ticket.version, ticket.table,
-                                       touched, full=base is None)
-        # Unchanged documents keep their rows: they are neither re-chunked nor staged.
-        # Each document with its own chunker (its segment's profile); the segment first.
-        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, (
-            chunk for p in profiled if p.document.doc_id not in same
-            for chunk in chunk_document(p.document, p.chunker)))
-        total = staged + _untouched_chunks(conn, ticket, base)
-        store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.BUILDING, quality=report.to_dict(),
-                         counts={"expected_chunks": total, "staged_chunks": staged,
-                                 "touched_documents": len(touched)})
-        tag = store.version_row(conn, ticket.kb_id, ticket.version).dataset_tag
-        fault_point("prepare_staged")
-        conn.commit()
-    return PrepareResult(tag, len(loaded.documents), total, changes, report.to_dict())
-
-
-def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -> int:
-    """Count the base version's chunks of documents this build does not touch."""
-    if base is None:
-        return 0
-    row = conn.execute(
-        sql.SQL("SELECT count(*) AS n FROM {} c WHERE ").format(sql.Identifier(ticket.table))
-        + store.in_version() + sql.SQL(
-            " AND c.doc_id NOT IN (SELECT doc_id FROM kb_build_docs"
-            " WHERE kb_id = %(kb_id)s AND version = %(new)s)"),
-        {"version": base, "kb_id": ticket.kb_id, "new": ticket.version},
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
-def _live_doc_count(conn: store.Conn, ticket: BuildTicket) -> int | None:
-    return store.manifest_size(conn, ticket.kb_id, ticket.live_version)
-
-
 def plan_build(settings: Settings, ticket: BuildTicket) -> BuildPlan:
     """Count what the build will reuse and embed; warn when everything is re-embedded."""
     with connect(settings) as conn:
@@ -270,6 +183,8 @@ def build_counts(
         "documents": prepared.documents, "chunks": prepared.chunks,
         "documents_new": prepared.changes.new, "documents_changed": prepared.changes.changed,
         "documents_deleted": prepared.changes.deleted, "embedded": stats.rows,
+        "documents_parsed": prepared.intake.get("documents_parsed", 0),
+        "documents_skipped": prepared.intake.get("documents_skipped", 0),
         "texts_embedded": stats.texts, "reused": plan.unchanged + copied, "removed": closed,
     }
 

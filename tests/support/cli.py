@@ -21,6 +21,8 @@ BAD_SETTINGS = [
     ("EMBED_BATCH_MAX_CHARS", "10", "expected an integer from 1000 to 100000000"),
     ("MLFLOW_TRACKING_URI", "", "expected an MLflow tracking URI"),
     ("TRACKING", "maybe", "expected true or false"),
+    ("SOURCE_BATCH_SIZE", "0", "expected an integer from 1 to 100000"),
+    ("REPARSE_SOURCES", "perhaps", "expected true or false"),
     ("MAINTENANCE_WORK_MEM", "lots", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("MAINTENANCE_WORK_MEM", "100GB", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("MAINTENANCE_WORK_MEM", "512kB", "expected a PostgreSQL memory size from 1MB to 64GB"),

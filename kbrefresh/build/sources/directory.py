@@ -6,10 +6,12 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import yaml
 from bs4 import BeautifulSoup
@@ -56,22 +58,89 @@ def _markdown() -> MarkdownIt:
     return parser
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    """One supported file's bytes, read once; ``parse_file`` turns it into a document."""
+
+    path: str
+    rel: str  # relative to the root, with "/" separators
+    doc_id: str
+    uri: str
+    fmt: str
+    raw: bytes
+    mtime_ns: int
+
+    @property
+    def modified_at(self) -> datetime:
+        return datetime.fromtimestamp(self.mtime_ns / 1e9, tz=UTC)
+
+
+class DirectoryReader:
+    """Walk ``root`` once, yielding each supported file's bytes; unreadable ones become problems."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[LoadProblem] = []
+        self.skipped = 0
+
+    def files(self) -> Iterator[SourceFile]:
+        # Plain strings, not pathlib: this loop runs for every file of every refresh.
+        # The uri is what Path.absolute().as_uri() gives, without a Path per file.
+        base = str(self.root.absolute())
+        base_uri = "file://" + quote_from_bytes(os.fsencode(base))
+        for dirpath, name in _walk(Path(base), self.problems):
+            suffix = os.path.splitext(name)[1]
+            fmt = FORMATS_BY_SUFFIX.get(suffix.lower())
+            if fmt is None:
+                self.skipped += 1
+                continue
+            rel_dir = dirpath[len(base) + 1:].replace(os.sep, "/")
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(dirpath, name)
+            doc_id = rel[: len(rel) - len(suffix)]
+            # Refused before anything is read: see kbrefresh.build.sources.guards.
+            reason = file_reason(Path(base), Path(path)) or doc_id_reason(doc_id)
+            if reason is not None:
+                self.problems.append(LoadProblem(path=rel, reason=reason))
+                continue
+            try:
+                with open(path, "rb") as handle:
+                    raw = handle.read()
+                    mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
+            except OSError as exc:
+                self.problems.append(LoadProblem(
+                    path=rel, reason=f"cannot be read: {exc.strerror or exc}"))
+                continue
+            yield SourceFile(path, rel, doc_id,
+                             base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, raw,
+                             mtime_ns)
+
+    def take_problems(self) -> list[LoadProblem]:
+        """Return the problems found since the last call."""
+        problems, self.problems = self.problems, []
+        return problems
+
+
+def parse_file(file: SourceFile) -> tuple[Document, bool] | LoadProblem:
+    """Return (document, dated by the file's mtime) or the problem that stops it."""
+    try:
+        return _load_file(file)
+    except _Problem as exc:
+        return LoadProblem(path=file.rel, reason=str(exc))
+
+
 def load_directory(root: Path, *, source: str) -> LoadResult:
     """Load every supported file under ``root`` (recursively, hidden entries ignored)."""
     documents: list[Document] = []
     problems: list[LoadProblem] = []
-    skipped = 0
-    for path in _walk(root, problems):
-        rel = PurePosixPath(path.relative_to(root).as_posix())
-        fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
-        if fmt is None:
-            skipped += 1
-            continue
-        try:
-            _guard(root, path, rel)
-            documents.append(_load_file(path, rel, fmt))
-        except _Problem as exc:
-            problems.append(LoadProblem(path=str(rel), reason=str(exc)))
+    reader = DirectoryReader(root)
+    for file in reader.files():
+        parsed = parse_file(file)
+        if isinstance(parsed, LoadProblem):
+            problems.append(parsed)
+        else:
+            documents.append(parsed[0])
+    problems += reader.take_problems()
     documents.sort(key=lambda doc: (doc.doc_id, doc.uri))
     problems.sort(key=lambda problem: problem.path)
     logger.info(
@@ -79,17 +148,17 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
         len(documents),
         source,
         len(problems),
-        skipped,
+        reader.skipped,
     )
     return LoadResult(
         documents=tuple(documents),
         problems=tuple(problems),
         source=source,
-        skipped_files=skipped,
+        skipped_files=reader.skipped,
     )
 
 
-def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
+def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[tuple[str, str]]:
     def unlisted(exc: OSError) -> None:
         # os.walk skips unreadable folders silently; their files would just vanish.
         where = Path(exc.filename or root)
@@ -100,21 +169,10 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[Path]:
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
-                yield Path(dirpath, name)
+                yield dirpath, name
 
 
-def _guard(root: Path, path: Path, rel: PurePosixPath) -> None:
-    """Refuse a file before reading it: see :mod:`kbrefresh.build.sources.guards`."""
-    reason = file_reason(root, path) or doc_id_reason(str(rel.with_suffix("")))
-    if reason is not None:
-        raise _Problem(reason)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
+def _decode(raw: bytes) -> str:
     reason = binary_reason(raw)
     if reason is not None:
         raise _Problem(reason)
@@ -130,8 +188,9 @@ def _read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
-    text = _read_text(path)
+def _load_file(file: SourceFile) -> tuple[Document, bool]:
+    text = _decode(file.raw)
+    fmt, rel = file.fmt, file.rel
     fields: dict[str, Any] = {}
     title: str | None = None
     if fmt == "markdown":
@@ -141,12 +200,13 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
     title = _str_field(fields.pop("title", None)) or title
     if title is None and fmt == "markdown":
         title = _markdown_title(text)  # parsing is costly: only without a front-matter title
-    title = title or path.stem
-    default_category = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_CATEGORY
+    title = title or PurePosixPath(rel).stem
+    parts = rel.split("/")
+    default_category = parts[0] if len(parts) > 1 else DEFAULT_CATEGORY
     category = _str_field(fields.pop("category", None)) or default_category
     updated = fields.pop("updated", None)
     if updated is None:
-        modified_at = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        modified_at = file.modified_at
     else:
         try:
             modified_at = as_utc_datetime(updated)
@@ -156,8 +216,8 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
                 "expected YYYY-MM-DD or an ISO 8601 datetime"
             ) from exc
     return Document(
-        doc_id=str(rel.with_suffix("")),
-        uri=path.absolute().as_uri(),
+        doc_id=file.doc_id,
+        uri=file.uri,
         title=title,
         category=category,
         content=text,
@@ -165,7 +225,7 @@ def _load_file(path: Path, rel: PurePosixPath, fmt: str) -> Document:
         content_hash=document_content_hash(title, category, text),
         modified_at=modified_at,
         metadata=json_safe(fields),
-    )
+    ), updated is None
 
 
 def _str_field(value: object) -> str | None:
@@ -186,7 +246,7 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         raise _Problem("has front matter opened with '---' but never closed with '---'")
     block = "\n".join(lines[1:index])
     try:
-        data = load_yaml(block)
+        data = load_yaml(block)  # no aliases (YAML bombs), bounded nesting
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         # +2: the mark is 0-based and counts from after the opening '---' line.
