@@ -34,6 +34,7 @@ from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import BuildTicket
 from kbrefresh.refresh import embed_steps, steps
+from kbrefresh.refresh.chunk_steps import ChunkMap
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
@@ -279,7 +280,7 @@ def run_refresh(
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
                             quality=quality or request.quality_policy(),
-                            profiles=request.profiles())
+                            profiles=request.profiles(), chunk_map=_chunk_map(settings, runner))
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,
@@ -326,6 +327,13 @@ def run_refresh(
                          outcome=outcome, record=build_record, registry_warning=registry_warning)
     hooks.refreshed(report)
     return report
+
+
+def _chunk_map(settings: Settings, runner: StepRunner) -> ChunkMap | None:
+    """Chunk batches through the runner when it has processes to spread them over (Dask)."""
+    if settings.task_runner != "dask":
+        return None
+    return partial(runner.map, "chunk_batch", parallelism=settings.chunk_parallelism)
 
 
 def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Embedder:

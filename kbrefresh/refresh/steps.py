@@ -19,7 +19,6 @@ from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh.build import staging as build
-from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.embedding import EmbedStats
 from kbrefresh.build.quality import QualityPolicy, check_documents, require_quality
 from kbrefresh.build.sources import load_source
@@ -32,6 +31,7 @@ from kbrefresh.gate.evaluation import GateOutcome, run_gate
 from kbrefresh.gate.policy import AcceptancePolicy
 from kbrefresh.gate.smoke import SmokeResult
 from kbrefresh.models import BuildTicket, ChunkerConfig, Fingerprint
+from kbrefresh.refresh.chunk_steps import ChunkMap, chunks_of
 from kbrefresh.refresh.embed_steps import embed_changed
 from kbrefresh.refresh.publish_steps import (
     PublishResult,
@@ -140,8 +140,11 @@ def prepare_data(
     chunker: ChunkerConfig | None = None,
     quality: QualityPolicy | None = None,
     profiles: KbProfiles | None = None,
+    chunk_map: ChunkMap | None = None,
 ) -> PrepareResult:
     """Load the source, run quality checks, record the manifest and stage chunks.
+
+    ``chunk_map`` spreads the chunking over a runner in batches (see ``chunk_steps``).
 
     Raises:
         DataQualityError: the data failed its checks; the version is marked failed
@@ -174,9 +177,9 @@ def prepare_data(
                                        touched, full=base is None)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
         # Each document with its own chunker (its segment's profile); the segment first.
-        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, (
-            chunk for p in profiled if p.document.doc_id not in same
-            for chunk in chunk_document(p.document, p.chunker)))
+        staged = build.stage_chunks(conn, ticket.kb_id, ticket.version, chunks_of(
+            ((p.document, p.chunker) for p in profiled if p.document.doc_id not in same),
+            chunk_map=chunk_map, batch_docs=settings.chunk_batch_docs))
         total = staged + _untouched_chunks(conn, ticket, base)
         store.set_status(conn, ticket.kb_id, ticket.version, store.VersionStatus.BUILDING, quality=report.to_dict(),
                          counts={"expected_chunks": total, "staged_chunks": staged,
