@@ -49,6 +49,8 @@ EXPECTED: dict[str, str] = {
     "task_runner": "'thread' or 'dask'",
     "dask_address": "a Dask scheduler address such as tcp://host:8786",
     "dask_workers": "an integer from 1 to 256",
+    "chunk_batch_docs": "an integer from 1 to 100000",
+    "chunk_parallelism": "an integer from 1 to 256",
     "embed_batch_api": "true or false",
     "embed_batch_api_min_texts": "an integer of at least 1",
     "embed_batch_api_poll_seconds": "a number of seconds > 0",
@@ -116,6 +118,10 @@ class Settings(BaseSettings):
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = Field(default=None, min_length=1)
     dask_workers: int = Field(default=2, ge=1, le=256)
+    # With task_runner "dask", chunking runs there too: batches of this many documents,
+    # at most chunk_parallelism in flight (the flow's memory holds that many batches).
+    chunk_batch_docs: int = Field(default=200, ge=1, le=100_000)
+    chunk_parallelism: int = Field(default=4, ge=1, le=256)
     # OpenAI Batch API for full re-embeds of at least embed_batch_api_min_texts texts.
     embed_batch_api: bool = False
     embed_batch_api_min_texts: int = Field(default=10_000, ge=1)

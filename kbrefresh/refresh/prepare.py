@@ -19,11 +19,11 @@ from psycopg import sql
 from kbrefresh import store
 from kbrefresh._faults import fault_point
 from kbrefresh.build import staging as build
-from kbrefresh.build.chunking import chunk_document
 from kbrefresh.build.intake import IntakeCounts, QualityTally, context_key, stream_source
 from kbrefresh.build.quality import QualityPolicy, QualityReport, require_quality
 from kbrefresh.db import connect
 from kbrefresh.models import BuildTicket, ChunkerConfig
+from kbrefresh.refresh.chunk_steps import ChunkMap, chunks_of
 from kbrefresh.retraining.profiles import KbProfiles
 from kbrefresh.settings import Settings
 
@@ -50,8 +50,11 @@ def prepare_data(
     chunker: ChunkerConfig | None = None,
     quality: QualityPolicy | None = None,
     profiles: KbProfiles | None = None,
+    chunk_map: ChunkMap | None = None,
 ) -> PrepareResult:
     """Stream the source in batches: quality checks, the manifest, and changed chunks staged.
+
+    ``chunk_map`` spreads each batch's chunking over a runner (see ``chunk_steps``).
 
     Raises:
         DataQualityError: the data failed its checks; the version is marked failed
@@ -64,7 +67,7 @@ def prepare_data(
         intake = IntakeCounts(settings.source_batch_size)
         staged = take_in(conn, settings, ticket, source, base=base, query=query, chunker=chunker,
                          profiles=profiles, context=context_key(profiles, chunker, policy),
-                         tally=tally, counts=intake)
+                         tally=tally, counts=intake, chunk_map=chunk_map)
         report = tally.report(
             intake=store.close_intake(conn, ticket.kb_id),
             previous_doc_count=store.manifest_size(conn, ticket.kb_id, ticket.live_version),
@@ -100,6 +103,7 @@ def take_in(
     context: str,
     tally: QualityTally,
     counts: IntakeCounts,
+    chunk_map: ChunkMap | None = None,
 ) -> int:
     """Stream ``source`` into the intake table and stage changed chunks; return chunks staged."""
     store.open_intake(conn)
@@ -114,8 +118,9 @@ def take_in(
         counts.add(batch)
         store.copy_intake(conn, ticket.kb_id, batch.rows, batch.kept)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
-        staged += build.append_chunks(conn, ticket.kb_id, ticket.version, (
-            chunk for p in batch.changed for chunk in chunk_document(p.document, p.chunker)))
+        staged += build.append_chunks(conn, ticket.kb_id, ticket.version, chunks_of(
+            ((p.document, p.chunker) for p in batch.changed),
+            chunk_map=chunk_map, batch_docs=settings.chunk_batch_docs))
     return staged
 
 

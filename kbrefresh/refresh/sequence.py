@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -27,18 +26,20 @@ from kbrefresh.build.budget import AdmittedBatches, BudgetGuard
 from kbrefresh.build.embedding import NO_STATS, EmbedBatch, EmbedStats, ThrottleFn
 from kbrefresh.build.quality import QualityPolicy
 from kbrefresh.build.ratelimit import RateLimits, rate_limits
-from kbrefresh.build.staging import BuildPlan
 from kbrefresh.embedders import Embedder, make_embedder
 from kbrefresh.embedders.throttled import ThrottledEmbedder
 from kbrefresh.errors import GateFailed
-from kbrefresh.gate.evaluation import GateOutcome
 from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.gate.verdict import Verdict
 from kbrefresh.models import BuildTicket
 from kbrefresh.refresh import embed_steps, steps
+from kbrefresh.refresh.chunk_steps import ChunkMap
+from kbrefresh.refresh.report import RefreshReport, make_report
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
 from kbrefresh.tracking import runs
+
+__all__ = ["STEPS", "DirectRunner", "RefreshHooks", "RefreshReport", "StepRunner", "make_report",
+           "run_refresh"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,55 +206,6 @@ class _Stepper:
         return stats
 
 
-@dataclass(frozen=True)
-class RefreshReport:
-    """What a refresh did, in numbers a person can check."""
-
-    kb: str
-    version: int
-    dataset_tag: str
-    resumed: bool
-    documents: int
-    chunks: int
-    documents_new: int
-    documents_changed: int
-    documents_deleted: int
-    chunks_embedded: int
-    texts_embedded: int
-    chunks_reused: int
-    chunks_removed: int
-    full_build: bool
-    estimated_tokens: int
-    from_version: int | None
-    live_version: int | None
-    archived: list[int]
-    verdict: Verdict | None = None
-    golden: str = ""
-    # One key per step taken (its function name), plus embed_only: the part of
-    # embed_changed spent waiting on the embedder.
-    seconds: dict[str, float] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
-    model_version: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    published: bool = True
-    # Files read and parsed vs read and skipped (bytes unchanged since their last parse).
-    documents_parsed: int = 0
-    documents_skipped: int = 0
-
-    def summary(self) -> str:
-        state = "is live" if self.published else "passed the gate and waits for a rollout"
-        return (
-            f"{self.kb!r} v{self.version} ({self.dataset_tag}) {state}"
-            f"{f' (was v{self.from_version})' if self.from_version else ''}: "
-            f"{self.documents} documents, {self.chunks} chunks; embedded {self.chunks_embedded}, "
-            f"reused {self.chunks_reused}, removed {self.chunks_removed}"
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-ready values (the flow's return value)."""
-        return asdict(self) | {"verdict": self.verdict.to_dict() if self.verdict else None}
-
-
 def run_refresh(
     settings: Settings,
     request: RefreshRequest,
@@ -302,7 +254,7 @@ def run_refresh(
             prepared = step(steps.prepare_data, settings, ticket, request.source,
                             query=request.query, chunker=request.chunker(),
                             quality=quality or request.quality_policy(),
-                            profiles=request.profiles())
+                            profiles=request.profiles(), chunk_map=_chunk_map(settings, runner))
             plan = step(steps.plan_build, settings, ticket)
             reuse = step(steps.reuse_unchanged, settings, ticket)
             by_batch_api = (step(embed_steps.embed_with_batch_api, settings, ticket, plan,
@@ -359,6 +311,13 @@ def _nothing() -> None:
     return None
 
 
+def _chunk_map(settings: Settings, runner: StepRunner) -> ChunkMap | None:
+    """Chunk batches through the runner when it has processes to spread them over (Dask)."""
+    if settings.task_runner != "dask":
+        return None
+    return partial(runner.map, "chunk_batch", parallelism=settings.chunk_parallelism)
+
+
 def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Embedder:
     """Route every request of this refresh (batches, smoke checks, gate) through the limits."""
     throttle = runner.throttle(rate_limits(settings, embedder.provider))
@@ -366,36 +325,3 @@ def _throttled(settings: Settings, runner: StepRunner, embedder: Embedder) -> Em
         return embedder
     return ThrottledEmbedder(embedder, throttle, batch_size=settings.embed_batch_size,
                              max_chars=settings.embed_batch_max_chars)
-
-
-def make_report(
-    ticket: BuildTicket,
-    prepared: steps.PrepareResult,
-    plan: BuildPlan,
-    stats: EmbedStats,
-    reuse: tuple[int, int],
-    published: steps.PublishResult,
-    seconds: dict[str, float],
-    *,
-    outcome: GateOutcome | None,
-    record: runs.BuildRecord,
-    registry_warning: str | None,
-) -> RefreshReport:
-    """Assemble the report of a published refresh from its steps' results."""
-    closed, copied = reuse
-    return RefreshReport(
-        kb=ticket.kb, version=ticket.version, dataset_tag=prepared.dataset_tag,
-        resumed=ticket.resumed, documents=prepared.documents, chunks=prepared.chunks,
-        documents_new=prepared.changes.new, documents_changed=prepared.changes.changed,
-        documents_deleted=prepared.changes.deleted, chunks_embedded=stats.rows,
-        texts_embedded=stats.texts, chunks_reused=plan.unchanged + copied, chunks_removed=closed,
-        full_build=plan.full_build, estimated_tokens=plan.estimated_tokens,
-        from_version=published.from_version, live_version=published.to_version,
-        archived=published.archived, verdict=outcome.verdict if outcome else None,
-        golden=outcome.evaluation.golden if outcome else "", seconds=dict(seconds),
-        mlflow_run_id=record.run_id, model_version=record.model_version,
-        warnings=[w for w in (record.warning, registry_warning) if w],
-        published=published.to_version == ticket.version,
-        documents_parsed=prepared.intake.get("documents_parsed", 0),
-        documents_skipped=prepared.intake.get("documents_skipped", 0),
-    )

@@ -36,6 +36,8 @@ BAD_SETTINGS = [
     ("TASK_RUNNER", "ray", "expected 'thread' or 'dask'"),
     ("DASK_ADDRESS", "", "expected a Dask scheduler address"),
     ("DASK_WORKERS", "0", "expected an integer from 1 to 256"),
+    ("CHUNK_BATCH_DOCS", "0", "expected an integer from 1 to 100000"),
+    ("CHUNK_PARALLELISM", "many", "expected an integer from 1 to 256"),
     ("EMBED_BATCH_API", "sometimes", "expected true or false"),
     ("EMBED_BATCH_API_MIN_TEXTS", "0", "expected an integer of at least 1"),
     ("EMBED_BATCH_API_POLL_SECONDS", "0", "expected a number of seconds > 0"),

@@ -76,3 +76,33 @@ def test_the_container_deployments_file_names_its_pools() -> None:
                      "full-reembed-batch-api": "kbrefresh-docker"}
     env = config["definitions"]["work_pools"]["kubernetes"]["job_variables"]["env"]
     assert env["KBREFRESH_TASK_RUNNER"] == "dask"
+
+
+def _default_job_variables(worker_type: str) -> set[str]:
+    """The variables of a worker type's default base job template, as bundled with Prefect."""
+    import json
+
+    import prefect
+
+    bundled = (Path(prefect.__file__).parent / "server" / "api" / "collections_data" / "views"
+               / "aggregate-worker-metadata.json")
+    collection = {"kubernetes": "prefect-kubernetes", "docker": "prefect-docker"}[worker_type]
+    worker = json.loads(bundled.read_text("utf-8"))[collection][worker_type]
+    return set(worker["default_base_job_configuration"]["variables"]["properties"])
+
+
+@pytest.mark.parametrize(("pool", "address"), [
+    ("kubernetes", "tcp://dask-scheduler.kbrefresh.svc:8786"),
+    ("docker", "tcp://dask-scheduler:8786"),
+])
+def test_container_pools_set_image_env_resources_and_the_dask_address(pool: str, address: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "deployments" / "prefect-containers.yaml"
+    variables = yaml.safe_load(path.read_text("utf-8"))["definitions"]["work_pools"][pool]["job_variables"]
+    # A job variable the pool's template does not define would be dropped by the worker.
+    assert set(variables) <= _default_job_variables(pool)
+    resources = {"kubernetes": {"cpu_request", "cpu_limit", "memory_request", "memory_limit"},
+                 "docker": {"mem_limit"}}[pool]
+    assert {"image", "env"} | resources <= set(variables)
+    env = variables["env"]
+    assert (env["KBREFRESH_TASK_RUNNER"], env["KBREFRESH_DASK_ADDRESS"]) == ("dask", address)
+    assert {name.removeprefix("KBREFRESH_").lower() for name in env} <= set(Settings.model_fields)
