@@ -158,17 +158,20 @@ class _Stepper:
         self.guard: Callable[[], None] = _nothing
 
     def __call__(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        name = step.__name__
+        name, hooks = step.__name__, self.hooks
         self.guard()
 
+        # The closure holds the hooks, not the stepper: a step's task may be serialized
+        # with its context (a Dask fan-out inside it), and the stepper holds the KB lock's
+        # connection.
         def call() -> T:
-            self.hooks.step_started(name)
+            hooks.step_started(name)
             try:
                 result = step(*args, **kwargs)
             except BaseException as exc:
-                self.hooks.step_failed(name, exc)
+                hooks.step_failed(name, exc)
                 raise
-            self.hooks.step_finished(name, result)
+            hooks.step_finished(name, result)
             return result
 
         started = time.perf_counter()
