@@ -184,6 +184,20 @@ def build_delta_index(
                         workers, keep=(f"{fp.table}_hnsw_{w}",))
 
 
+def purge_reused_empty_rows(conn: Conn, fp: FingerprintTable, version: int) -> int:
+    """Delete rows in no version (an undone ``[v, v)``) whose vector ``version`` has copied.
+
+    They are kept for reuse by hash; once ``version`` holds the same hash they only
+    weigh down the main index about to be built over every ``valid_from <= version``.
+    """
+    return conn.execute(
+        sql.SQL("DELETE FROM {t} e WHERE e.valid_to = e.valid_from AND e.valid_from < %(v)s"
+                " AND EXISTS (SELECT 1 FROM {t} n WHERE n.content_hash = e.content_hash"
+                " AND n.valid_from = %(v)s)").format(t=sql.Identifier(fp.table)),
+        {"v": version},
+    ).rowcount
+
+
 def place_new_rows(
     conn: Conn,
     fp: FingerprintTable,
@@ -201,6 +215,10 @@ def place_new_rows(
     outside = delta_rows(conn, fp, version)
     if fp.main_upto is None or outside > _alive(conn, fp, version, 0, fp.main_upto):
         action = "built" if fp.main_upto is None else "rebuilt"
+        purged = purge_reused_empty_rows(conn, fp, version)
+        if purged:
+            logger.info("deleted %d rows of %s in no version whose vectors version %d reused,"
+                        " before indexing", purged, fp.table, version)
         seconds = build_main_index(conn, fp, version, maintenance_work_mem=maintenance_work_mem,
                                    workers=workers)
         logger.info("%s the main HNSW index of %s up to version %d (%d rows were outside it)"
