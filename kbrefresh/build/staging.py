@@ -28,7 +28,7 @@ from kbrefresh.store import (
     VersionStatus,
     catalog_manifest,
     diff_documents,
-    revert_version_rows,
+    undo_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def start_version(
                      .format(sql.Identifier(table)), (kb_id, resumed))
     if resumed is not None:
         # Redo the build from the base; vectors it already wrote stay reusable by hash.
-        revert_version_rows(conn, fp.table, resumed)
+        undo_version(conn, fp, resumed)
         conn.execute(
             "UPDATE kb_versions SET source = %s, flow_run_id = %s, error = NULL "
             "WHERE kb_id = %s AND version = %s",
@@ -95,13 +95,14 @@ def _revert_abandoned(conn: Conn, kb_id: int, fp: FingerprintTable) -> None:
         (kb_id, fp.id, list(ABANDONED)),
     ).fetchall()
     for row in rows:
-        emptied, reopened = revert_version_rows(conn, fp.table, int(row["version"]))
+        undo = undo_version(conn, fp, int(row["version"]))
         conn.execute(
             "UPDATE kb_versions SET reverted_at = now() WHERE kb_id = %s AND version = %s",
             (kb_id, row["version"]),
         )
         logger.info(
-            "undid abandoned version %s: %d rows emptied, %d reopened", row["version"], emptied, reopened
+            "undid abandoned version %s: %d rows emptied, %d reopened, HNSW indexes dropped: %s",
+            row["version"], undo.emptied, undo.reopened, ", ".join(undo.dropped) or "none",
         )
 
 

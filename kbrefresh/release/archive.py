@@ -238,8 +238,7 @@ def _publish(settings: Settings, kb: str, kb_id: int, archived: int, new: int, *
     with connect(settings, autocommit=True) as conn:
         if not verdict.get("passed"):
             store.set_status(conn, kb_id, new, VersionStatus.REJECTED, verdict=verdict)
-            table = store.fingerprint_for_version(conn, kb_id, new).table
-            store.revert_version_rows(conn, table, new)
+            store.undo_version(conn, store.fingerprint_for_version(conn, kb_id, new), new)
             raise GateFailed(f"restored v{archived} of {kb!r} (as v{new}) failed the gate: "
                              f"{verdict.get('summary')}; rerun with --force to publish anyway",
                              verdict=verdict)

@@ -36,7 +36,9 @@ from kbrefresh.store.rows import (
     VersionStatus,
 )
 from kbrefresh.store.segments import (
+    UNDO_DROP_INDEX_ROWS,
     Placement,
+    Undo,
     build_delta_index,
     build_main_index,
     build_workers,
@@ -46,6 +48,7 @@ from kbrefresh.store.segments import (
     hnsw_indexes,
     place_new_rows,
     segment_indexes,
+    undo_version,
 )
 from kbrefresh.store.tables import (
     HNSW_MAX_DIMS,
@@ -70,6 +73,7 @@ __all__ = [
     "KEPT",
     "SERVABLE",
     "STORAGES",
+    "UNDO_DROP_INDEX_ROWS",
     "UNFINISHED",
     "Conn",
     "DocumentChanges",
@@ -77,6 +81,7 @@ __all__ = [
     "KbOverview",
     "Placement",
     "RoutingEvent",
+    "Undo",
     "VersionInfo",
     "VersionStatus",
     "build_delta_index",
@@ -112,6 +117,7 @@ __all__ = [
     "set_status",
     "table_exists",
     "table_size_bytes",
+    "undo_version",
     "validate_kb_name",
     "version_manifest",
     "version_row",

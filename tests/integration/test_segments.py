@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,15 @@ from psycopg import sql
 from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
-from kbrefresh.gate.policy import AcceptancePolicy
-from kbrefresh.models import Fingerprint
+from kbrefresh.errors import GateFailed
+from kbrefresh.gate.policy import AcceptancePolicy, MetricRule
+from kbrefresh.models import ChunkerConfig, Fingerprint
 from kbrefresh.refresh import steps
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.serving.search import search_sql, search_version
 from kbrefresh.settings import Settings
+from kbrefresh.store import segments
 from tests.support.corpus import markdown_doc, write_corpus
 
 pytestmark = pytest.mark.integration
@@ -291,3 +294,91 @@ def test_the_compact_command_merges_and_then_has_nothing_left(
     again = CliRunner().invoke(app, ["compact", "--kb", "kb"])
     assert again.exit_code == 0 and "nothing merged: 0 rows of 'kb' are past the main index" in (
         again.output)
+
+
+REJECT = AcceptancePolicy(rules=(MetricRule(metric="hit@5", slice="no such slice", lower_bound=1.0),),
+                          max_slice_disparity=(), max_size_ratio=None)
+
+
+def reject(settings: Settings, source: Path) -> None:
+    with pytest.raises(GateFailed):
+        run_refresh(settings, RefreshRequest(kb="kb", source=str(source)),
+                    embedder=OfflineEmbedder(dims=DIMS), policy=REJECT)
+
+
+def assert_rows_and_search(conn: store.Conn, fp: store.FingerprintTable, version: int) -> None:
+    """``version`` has one row per chunk and searches return exactly its nearest rows."""
+    dupes = conn.execute(sql.SQL("SELECT count(*) - count(DISTINCT (doc_id, chunk_index)) AS n FROM {} c"
+                                 " WHERE ").format(sql.Identifier(fp.table)) + store.in_version(),
+                         {"version": version}).fetchone()
+    assert dupes is not None and dupes["n"] == 0
+    rows = version_rows(conn, fp, version)
+    q_rng = np.random.default_rng(5)
+    for i in sorted(rows)[:6]:
+        q = rows[i] + q_rng.normal(scale=0.01, size=DIMS).astype(np.float32)
+        assert [h.chunk_id for h in search_version(conn, fp, version, q, k=8)] == exact_top(rows, q, 8)
+
+
+@pytest.mark.parametrize(("limit", "action"), [(0, "built"), (10_000, "rebuilt")])
+def test_the_build_after_a_rejected_version_undoes_it_without_the_index(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, limit: int, action: str,
+) -> None:
+    monkeypatch.setattr(segments, "UNDO_DROP_INDEX_ROWS", limit)
+    source = tmp_path / "corpus"
+    write_corpus(source, 30)
+    reject(settings, source)
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 1)
+        assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_1"]
+        v1 = store.version_stats(conn, fp.table, 1)["chunks"]
+    with caplog.at_level(logging.INFO, logger="kbrefresh"):
+        counts = refresh(settings, source)
+    dropped = [r.getMessage() for r in caplog.records if "index dropped for undo" in r.getMessage()]
+    assert len(dropped) == (1 if limit == 0 else 0)
+    if dropped:
+        assert dropped[0].startswith(f"index dropped for undo: {v1} rows of {fp.table} under HNSW "
+                                     f"indexes {fp.table}_hnsw_1 to undo for version 1 (more than 0)")
+    assert (counts["index_action"], counts["main_upto"], counts["reused"]) == (action, 2, v1)
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 2)
+        assert store.segment_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2", f"{fp.table}_tail_2"]
+        assert store.version_stats(conn, fp.table, 1)["chunks"] == 0
+        assert store.version_stats(conn, fp.table, 2)["chunks"] == v1
+        total = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(fp.table)))
+        assert total.fetchone() == {"n": v1}  # v1's rows, reused by v2, are not indexed
+        assert_rows_and_search(conn, fp, 2)
+
+
+def test_live_answers_exactly_while_its_index_is_dropped_for_an_undo(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(segments, "UNDO_DROP_INDEX_ROWS", 0)
+    source = tmp_path / "corpus"
+    write_corpus(source, 20)
+    refresh(settings, source)
+    write_corpus(source, 20, seed=99)  # every document rewritten: v2 rebuilds the main index
+    reject(settings, source)
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 1)
+        assert store.hnsw_indexes(conn, fp.table) == [f"{fp.table}_hnsw_2"]
+        live_rows = version_rows(conn, fp, 1)
+    with steps.refresh_lock(settings, "kb"):
+        ticket = steps.begin_version(settings, "kb", steps.fingerprint_for(
+            OfflineEmbedder(dims=DIMS), ChunkerConfig()), source=str(source), flow_run_id=None)
+    assert (ticket.version, ticket.live_version) == (3, 1)
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 1)
+        assert (fp.main_upto, fp.delta_upto, store.hnsw_indexes(conn, fp.table)) == (None, None, [])
+        assert version_rows(conn, fp, 1).keys() == live_rows.keys()
+        assert_rows_and_search(conn, fp, 1)  # exact scans, same answers
+    counts = refresh(settings, source)  # resumes v3 and builds one main index
+    assert (counts["index_action"], counts["main_upto"]) == ("built", 3)
+    with connect(settings) as conn:
+        fp = store.fingerprint_for_version(conn, 1, 3)
+        empty = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE valid_to = 2) AS e, count(*) AS n"
+                                     " FROM {} WHERE valid_from = 2").format(sql.Identifier(fp.table)))
+        assert empty.fetchone() == {"e": 0, "n": 0}  # v2's rows, reused by v3: deleted
+        assert version_rows(conn, fp, 1).keys() == live_rows.keys()
+        assert_rows_and_search(conn, fp, 1)
+        assert_rows_and_search(conn, fp, 3)
