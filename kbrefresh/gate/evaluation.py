@@ -185,6 +185,9 @@ def evaluate(
         logger.info("reused live v%s's results on %d of %d golden queries", live, len(reused),
                     len(queries))
     store_results(conn, kb_id, candidate, results[candidate], depth, adapters[candidate])
+    if live is not None:  # what live answered now serves the next gate against it too
+        store_results(conn, kb_id, live, [r for i, r in enumerate(results[live])
+                                          if i not in reused], depth, adapters[live])
     conn.commit()
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [

@@ -68,6 +68,8 @@ def store_results(
             "scores": list(r.scores)})
         for r in results
     }
+    if not rows:
+        return
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO kb_gate_results (kb_id, version, golden_key, results)"
