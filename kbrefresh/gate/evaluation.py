@@ -140,6 +140,7 @@ class Evaluation:
             "smoke_failures": list(self.smoke_failures),
             "golden": self.golden,
             "n_queries": self.n_queries,
+            "live_reused": self.live_reused,
         }
 
 

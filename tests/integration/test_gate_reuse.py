@@ -37,7 +37,7 @@ def verdict(settings: Settings, version: int) -> dict[str, object]:
         return dict(store.version_row(conn, 1, version).verdict or {})
 
 
-def test_live_results_are_reused_until_the_golden_set_changes(
+def test_live_results_are_reused_per_query_when_the_golden_set_changes(
     settings: Settings, tmp_path: Path,
 ) -> None:
     corpus = tmp_path / "helpcenter"
@@ -50,6 +50,7 @@ def test_live_results_are_reused_until_the_golden_set_changes(
     v2, v3 = verdict(settings, 2)["evaluation"], verdict(settings, 3)["evaluation"]
     # Equal to the last digit of every latency: measured once, in v2's own gate.
     assert v3["live"] == v2["candidate"]  # type: ignore[index]
+    assert v3["live_reused"] == v3["n_queries"] > 0  # type: ignore[index,operator]
 
     lines = golden.read_text("utf-8").splitlines()
     smaller = tmp_path / "smoke.jsonl"
@@ -60,6 +61,7 @@ def test_live_results_are_reused_until_the_golden_set_changes(
     v3, v4 = verdict(settings, 3)["evaluation"], verdict(settings, 4)["evaluation"]
     assert v4["live"] != v3["candidate"]  # type: ignore[index]
     assert v4["n_queries"] == v3["n_queries"] - 1  # type: ignore[index]
+    assert v4["live_reused"] == v4["n_queries"]  # type: ignore[index]  # every query, one fewer
 
 
 def searched(results: tuple[QueryResult, ...] | None) -> list[tuple[object, ...]]:
