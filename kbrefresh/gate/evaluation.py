@@ -177,18 +177,22 @@ def evaluate(
     # moved by its query adapters (the Retriever's path, ``apply_adapters``).
     adapters = {v: load_adapters(conn, kb_id, v) for v in targets}
     # Live's result for a query it already answered in an earlier gate (same version,
-    # text, depth and adapters), whatever set the query came in: only new ones search live.
-    reused = (stored_results(conn, kb_id, live, queries, depth, adapters[live])
+    # expanded text, depth, adapters), whatever set asked it: only new ones search live.
+    texts = {v: [expand(q.query) for q in queries]
+             for v in targets for expand in [query_expander(conn, kb_id, v)]}
+    reused = (stored_results(conn, kb_id, live, queries, texts[live], depth, adapters[live])
               if live is not None else {})
-    results, duplicated = _measure(settings, conn, kb_id, queries, tables, adapters, depth,
+    results, duplicated = _measure(settings, conn, queries, texts, tables, adapters, depth,
                                    candidate, live, reused)
     if reused:
         logger.info("reused live v%s's results on %d of %d golden queries", live, len(reused),
                     len(queries))
-    store_results(conn, kb_id, candidate, results[candidate], depth, adapters[candidate])
+    store_results(conn, kb_id, candidate, results[candidate], texts[candidate], depth,
+                  adapters[candidate])
     if live is not None:  # what live answered now serves the next gate against it too
-        store_results(conn, kb_id, live, [r for i, r in enumerate(results[live])
-                                          if i not in reused], depth, adapters[live])
+        fresh = [i for i in range(len(queries)) if i not in reused]
+        store_results(conn, kb_id, live, [results[live][i] for i in fresh],
+                      [texts[live][i] for i in fresh], depth, adapters[live])
     conn.commit()
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [
@@ -247,8 +251,8 @@ def excluded_queries(
 def _measure(
     settings: Settings,
     conn: store.Conn,
-    kb_id: int,
     queries: Sequence[GoldenQuery],
+    texts: dict[int, list[str]],
     tables: dict[int, store.FingerprintTable],
     adapters: dict[int, tuple[QueryAdapter, ...]],
     depth: int,
@@ -261,13 +265,12 @@ def _measure(
     Queries live must answer run on both in lockstep; the rest on the candidate alone.
     Returns each version's results in query order and the candidate's duplicated queries.
     """
-    def vectors(v: int, qs: Sequence[GoldenQuery]) -> npt.NDArray[np.float32]:
-        expand = query_expander(conn, kb_id, v)
+    def vectors(v: int, part: Sequence[int]) -> npt.NDArray[np.float32]:
         embedder = embedder_for_spec(settings, tables[v].spec)
-        return apply_adapters(embedder.embed([expand(q.query) for q in qs]), adapters[v])
+        return apply_adapters(embedder.embed([texts[v][i] for i in part]), adapters[v])
 
     fresh = [i for i in range(len(queries)) if i not in reused]
-    cand_vectors = vectors(candidate, queries)
+    cand_vectors = vectors(candidate, range(len(queries)))
     by_index: dict[int, QueryResult] = {}
     out: dict[int, list[QueryResult]] = {}
     duplicated: list[str] = []
@@ -277,7 +280,7 @@ def _measure(
         qs = [queries[i] for i in part]
         run = {candidate: cand_vectors[part]}
         if with_live and live is not None:
-            run[live] = vectors(live, qs)
+            run[live] = vectors(live, part)
         res, dup = _run(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
         by_index.update(zip(part, res[candidate], strict=True))
         duplicated += dup[candidate]

@@ -1,8 +1,8 @@
 """Per-query gate results kept per version, so a later gate reuses live's searches.
 
 A version's result for one query depends on the version (its rows and rename maps),
-the query text, the search depth and the version's query adapters; the key hashes the
-last three, and the version is a column, so a result is reused only for the exact
+the text searched (the query expanded by the version's rename maps), the search depth
+and the version's query adapters; the key hashes the last three, and the version is a column, so a result is reused only for the exact
 version it was measured on. Labels (relevant ids, slice) are not part of the search:
 a reused result takes them from the query that asks for it now.
 """
@@ -23,9 +23,9 @@ from kbrefresh.retraining.adapter import QueryAdapter, adapters_digest
 _PREFIX = "q1:"  # per-query keys; whole-set keys of earlier releases never match one
 
 
-def query_key(query: str, depth: int, adapters: Sequence[QueryAdapter] = ()) -> str:
+def query_key(text: str, depth: int, adapters: Sequence[QueryAdapter] = ()) -> str:
     """Hash what one query's search result depends on besides the version."""
-    payload = json.dumps([depth, query] + ([adapters_digest(adapters)] if adapters else []))
+    payload = json.dumps([depth, text] + ([adapters_digest(adapters)] if adapters else []))
     return _PREFIX + hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -34,11 +34,15 @@ def stored_results(
     kb_id: int,
     version: int,
     queries: Sequence[GoldenQuery],
+    texts: Sequence[str],
     depth: int,
     adapters: Sequence[QueryAdapter] = (),
 ) -> dict[int, QueryResult]:
-    """Return ``version``'s stored results by position in ``queries``, where one exists."""
-    keys = [query_key(q.query, depth, adapters) for q in queries]
+    """Return ``version``'s stored results by position in ``queries``, where one exists.
+
+    ``texts``: each query as ``version`` searches it (after its rename expansion).
+    """
+    keys = [query_key(t, depth, adapters) for t in texts]
     rows = conn.execute(
         "SELECT golden_key, results FROM kb_gate_results WHERE kb_id = %s AND version = %s"
         " AND golden_key = ANY(%s)",
@@ -58,15 +62,19 @@ def store_results(
     kb_id: int,
     version: int,
     results: Sequence[QueryResult],
+    texts: Sequence[str],
     depth: int,
     adapters: Sequence[QueryAdapter] = (),
 ) -> None:
-    """Keep ``version``'s per-query results for later gates (committed by the caller)."""
+    """Keep ``version``'s per-query results (``texts``: as searched) for later gates.
+
+    Committed by the caller.
+    """
     rows = {
-        query_key(r.query, depth, adapters): Jsonb({
+        query_key(t, depth, adapters): Jsonb({
             "retrieved": list(r.retrieved_doc_ids), "latency_ms": r.latency_ms,
             "scores": list(r.scores)})
-        for r in results
+        for r, t in zip(results, texts, strict=True)
     }
     if not rows:
         return
