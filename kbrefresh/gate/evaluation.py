@@ -9,8 +9,6 @@ to their documents, so labels survive re-chunking.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -24,7 +22,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from kbrefresh import store
 from kbrefresh.db import connect
@@ -33,13 +30,9 @@ from kbrefresh.errors import ConfigError
 from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
+from kbrefresh.gate.reuse import store_results, stored_results
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
-from kbrefresh.retraining.adapter import (
-    QueryAdapter,
-    adapters_digest,
-    apply_adapters,
-    load_adapters,
-)
+from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
 from kbrefresh.retraining.rebrand_expansion import query_expander
 from kbrefresh.serving import routing
 from kbrefresh.serving.search import search_version
@@ -136,6 +129,7 @@ class Evaluation:
     coverage_gained: tuple[str, ...] = ()
     candidate_results: tuple[QueryResult, ...] = field(default=(), repr=False)
     live_results: tuple[QueryResult, ...] | None = field(default=None, repr=False)
+    live_reused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +140,7 @@ class Evaluation:
             "smoke_failures": list(self.smoke_failures),
             "golden": self.golden,
             "n_queries": self.n_queries,
+            "live_reused": self.live_reused,
         }
 
 
@@ -181,23 +176,27 @@ def evaluate(
     # Each version sees a query as its readers would: expanded by its rename maps, then
     # moved by its query adapters (the Retriever's path, ``apply_adapters``).
     adapters = {v: load_adapters(conn, kb_id, v) for v in targets}
-    key = {v: golden_key(queries, depth, adapters[v]) for v in targets}
-    # Live's results from its own gate, when neither live nor the golden set changed since.
-    reused = stored_results(conn, kb_id, live, key[live]) if live is not None else None
-    run = [v for v in targets if v != live or reused is None]
-    expand = {v: query_expander(conn, kb_id, v) for v in run}
-    vectors = {v: apply_adapters(embedder_for_spec(settings, tables[v].spec).embed(
-        [expand[v](q.query) for q in queries]), adapters[v]) for v in run}
-    results, duplicated = _run(settings, conn, queries, {v: tables[v] for v in run}, vectors, depth)
-    if reused is not None and live is not None:
-        results[live], duplicated[live] = reused, []
-        logger.info("reused live v%d's results on %d golden queries from its own gate", live,
-                    len(reused))
-    store_results(conn, kb_id, candidate, key[candidate], results[candidate])
+    # Live's result for a query it already answered in an earlier gate (same version,
+    # expanded text, depth, adapters), whatever set asked it: only new ones search live.
+    texts = {v: [expand(q.query) for q in queries]
+             for v in targets for expand in [query_expander(conn, kb_id, v)]}
+    reused = (stored_results(conn, kb_id, live, queries, texts[live], depth, adapters[live])
+              if live is not None else {})
+    results, duplicated = _measure(settings, conn, queries, texts, tables, adapters, depth,
+                                   candidate, live, reused)
+    if reused:
+        logger.info("reused live v%s's results on %d of %d golden queries", live, len(reused),
+                    len(queries))
+    store_results(conn, kb_id, candidate, results[candidate], texts[candidate], depth,
+                  adapters[candidate])
+    if live is not None:  # what live answered now serves the next gate against it too
+        fresh = [i for i in range(len(queries)) if i not in reused]
+        store_results(conn, kb_id, live, [results[live][i] for i in fresh],
+                      [texts[live][i] for i in fresh], depth, adapters[live])
     conn.commit()
     tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     failures = smoke_failures(results[candidate]) + [
-        f"duplicated chunk ids in the results of {q!r}" for q in duplicated[candidate][:5]
+        f"duplicated chunk ids in the results of {q!r}" for q in duplicated[:5]
     ]
     return Evaluation(
         candidate=tables_out[candidate],
@@ -207,6 +206,7 @@ def evaluate(
         smoke_failures=tuple(failures),
         golden=golden,
         n_queries=len(queries),
+        live_reused=len(reused),
         stale_queries=tuple(q.query for q in stale),
         coverage_gained=tuple(q.query for q in gained),
         candidate_results=tuple(results[candidate]),
@@ -248,43 +248,48 @@ def excluded_queries(
     return stale, gained
 
 
-def golden_key(
-    queries: Sequence[GoldenQuery], depth: int, adapters: Sequence[QueryAdapter] = ()
-) -> str:
-    """Hash the golden queries, the search depth and the version's query adapters: what a
-    version's results depend on."""
-    payload = json.dumps([depth, [[q.query, list(q.relevant), q.slice, q.set_name] for q in queries]]
-                         + ([adapters_digest(adapters)] if adapters else []))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def _measure(
+    settings: Settings,
+    conn: store.Conn,
+    queries: Sequence[GoldenQuery],
+    texts: dict[int, list[str]],
+    tables: dict[int, store.FingerprintTable],
+    adapters: dict[int, tuple[QueryAdapter, ...]],
+    depth: int,
+    candidate: int,
+    live: int | None,
+    reused: dict[int, QueryResult],
+) -> tuple[dict[int, list[QueryResult]], list[str]]:
+    """Search the candidate on every query and live on those without a stored result.
 
+    Queries live must answer run on both in lockstep; the rest on the candidate alone.
+    Returns each version's results in query order and the candidate's duplicated queries.
+    """
+    def vectors(v: int, part: Sequence[int]) -> npt.NDArray[np.float32]:
+        embedder = embedder_for_spec(settings, tables[v].spec)
+        return apply_adapters(embedder.embed([texts[v][i] for i in part]), adapters[v])
 
-def stored_results(
-    conn: store.Conn, kb_id: int, version: int, key: str
-) -> list[QueryResult] | None:
-    """Return ``version``'s per-query results stored under ``key``, or None."""
-    row = conn.execute(
-        "SELECT results FROM kb_gate_results WHERE kb_id = %s AND version = %s AND golden_key = %s",
-        (kb_id, version, key),
-    ).fetchone()
-    if row is None:
-        return None
-    return [QueryResult(r["query"], r["slice"], tuple(r["retrieved"]), tuple(r["relevant"]),
-                        float(r["latency_ms"]), tuple(r["scores"])) for r in row["results"]]
-
-
-def store_results(
-    conn: store.Conn, kb_id: int, version: int, key: str, results: Sequence[QueryResult]
-) -> None:
-    """Keep ``version``'s per-query results for the gate of its successor (committed by the caller)."""
-    payload = [{"query": r.query, "slice": r.slice, "retrieved": list(r.retrieved_doc_ids),
-                "relevant": list(r.relevant), "latency_ms": r.latency_ms, "scores": list(r.scores)}
-               for r in results]
-    conn.execute(
-        "INSERT INTO kb_gate_results (kb_id, version, golden_key, results) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (kb_id, version, golden_key) DO UPDATE SET results = EXCLUDED.results,"
-        " created_at = now()",
-        (kb_id, version, key, Jsonb(payload)),
-    )
+    fresh = [i for i in range(len(queries)) if i not in reused]
+    cand_vectors = vectors(candidate, range(len(queries)))
+    by_index: dict[int, QueryResult] = {}
+    out: dict[int, list[QueryResult]] = {}
+    duplicated: list[str] = []
+    for part, with_live in ((fresh, live is not None), (sorted(reused), False)):
+        if not part:
+            continue
+        qs = [queries[i] for i in part]
+        run = {candidate: cand_vectors[part]}
+        if with_live and live is not None:
+            run[live] = vectors(live, part)
+        res, dup = _run(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
+        by_index.update(zip(part, res[candidate], strict=True))
+        duplicated += dup[candidate]
+        if with_live and live is not None:
+            reused = reused | dict(zip(part, res[live], strict=True))
+    out[candidate] = [by_index[i] for i in range(len(queries))]
+    if live is not None:
+        out[live] = [reused[i] for i in range(len(queries))]
+    return out, duplicated
 
 
 def _run(
