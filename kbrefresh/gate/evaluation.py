@@ -1,21 +1,21 @@
 """Run golden queries against a candidate and the live version, then judge them.
 
-Queries are embedded once per fingerprint (outside the timed part), then searched
-against candidate and live alternately, query by query, so both see the same
-cache state and machine load; latency is measured around each search. Chunks map
-to their documents, so labels survive re-chunking.
-"""
+Queries are embedded once per fingerprint (outside the timed part), then searched on
+candidate and live alternately, so both see the same cache and load; latency compares
+only such side-by-side timings (reused live results are not timed). Chunks map to
+their documents, so labels survive re-chunking."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from kbrefresh.errors import ConfigError
 from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
-from kbrefresh.gate.reuse import store_results, stored_results
+from kbrefresh.gate.reuse import store_results, stored_results, timed_queries
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
 from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
 from kbrefresh.retraining.rebrand_expansion import query_expander
@@ -173,11 +173,9 @@ def evaluate(
     depth = max(policy.k, policy.ndcg_k) * 3
     targets = [candidate] + ([live] if live is not None else [])
     tables = {v: store.fingerprint_for_version(conn, kb_id, v) for v in targets}
-    # Each version sees a query as its readers would: expanded by its rename maps, then
-    # moved by its query adapters (the Retriever's path, ``apply_adapters``).
+    # Each version sees a query as its readers do: rename maps, then adapters.
     adapters = {v: load_adapters(conn, kb_id, v) for v in targets}
-    # Live's result for a query it already answered in an earlier gate (same version,
-    # expanded text, depth, adapters), whatever set asked it: only new ones search live.
+    # Live's stored result for a query it answered before (any set) is reused.
     texts = {v: [expand(q.query) for q in queries]
              for v in targets for expand in [query_expander(conn, kb_id, v)]}
     reused = (stored_results(conn, kb_id, live, queries, texts[live], depth, adapters[live])
@@ -187,14 +185,16 @@ def evaluate(
     if reused:
         logger.info("reused live v%s's results on %d of %d golden queries", live, len(reused),
                     len(queries))
-    store_results(conn, kb_id, candidate, results[candidate], texts[candidate], depth,
-                  adapters[candidate])
+    store_results(conn, kb_id, candidate, results[candidate], texts[candidate], depth, adapters[candidate])
     if live is not None:  # what live answered now serves the next gate against it too
         fresh = [i for i in range(len(queries)) if i not in reused]
         store_results(conn, kb_id, live, [results[live][i] for i in fresh],
                       [texts[live][i] for i in fresh], depth, adapters[live])
     conn.commit()
-    tables_out = {v: aggregate(results[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
+    timed = set(timed_queries(len(queries), reused))  # latency: side-by-side timings only
+    tables_out = {v: aggregate([r if i in timed else replace(r, latency_ms=math.nan) for i, r in
+                                enumerate(results[v])], k=policy.k, ndcg_k=policy.ndcg_k)
+                  for v in targets}
     failures = smoke_failures(results[candidate]) + [
         f"duplicated chunk ids in the results of {q!r}" for q in duplicated[:5]
     ]
@@ -260,21 +260,20 @@ def _measure(
     live: int | None,
     reused: dict[int, QueryResult],
 ) -> tuple[dict[int, list[QueryResult]], list[str]]:
-    """Search the candidate on every query and live on those without a stored result.
+    """Search the candidate on every query, and live in lockstep on ``timed_queries``.
 
-    Queries live must answer run on both in lockstep; the rest on the candidate alone.
-    Returns each version's results in query order and the candidate's duplicated queries.
-    """
+    Returns each version's results in query order and the candidate's duplicated queries."""
     def vectors(v: int, part: Sequence[int]) -> npt.NDArray[np.float32]:
         embedder = embedder_for_spec(settings, tables[v].spec)
         return apply_adapters(embedder.embed([texts[v][i] for i in part]), adapters[v])
 
-    fresh = [i for i in range(len(queries)) if i not in reused]
+    fresh = timed_queries(len(queries), reused)
     cand_vectors = vectors(candidate, range(len(queries)))
     by_index: dict[int, QueryResult] = {}
     out: dict[int, list[QueryResult]] = {}
     duplicated: list[str] = []
-    for part, with_live in ((fresh, live is not None), (sorted(reused), False)):
+    for part, with_live in ((fresh, live is not None),
+                            (sorted(set(reused) - set(fresh)), False)):
         if not part:
             continue
         qs = [queries[i] for i in part]
@@ -285,7 +284,9 @@ def _measure(
         by_index.update(zip(part, res[candidate], strict=True))
         duplicated += dup[candidate]
         if with_live and live is not None:
-            reused = reused | dict(zip(part, res[live], strict=True))
+            got = dict(zip(part, res[live], strict=True))  # a stored result keeps its hits
+            reused = got | {i: replace(r, latency_ms=got[i].latency_ms) if i in got else r
+                            for i, r in reused.items()}
     out[candidate] = [by_index[i] for i in range(len(queries))]
     if live is not None:
         out[live] = [reused[i] for i in range(len(queries))]

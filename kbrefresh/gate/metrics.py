@@ -232,8 +232,10 @@ def _summarise(results: Sequence[QueryResult], k: int, ndcg_k: int) -> dict[str,
     latencies = np.asarray([r.latency_ms for r in results], dtype=float)
     per_query = per_query_scores(results, k, ndcg_k)
     summary = {name: float(np.mean(values)) for name, values in per_query.items()}
-    summary[LATENCY_P50] = float(np.percentile(latencies, 50, method="linear"))
-    summary[LATENCY_P95] = float(np.percentile(latencies, 95, method="linear"))
+    timed = latencies[np.isfinite(latencies)]  # NaN: not timed side by side (reused)
+    if timed.size:
+        summary[LATENCY_P50] = float(np.percentile(timed, 50, method="linear"))
+        summary[LATENCY_P95] = float(np.percentile(timed, 95, method="linear"))
     return summary
 
 
