@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from psycopg import sql
 
 from flows import scheduled_refresh
@@ -20,6 +18,7 @@ from kbrefresh.cli.demo import SAMPLES, apply_change_set
 from kbrefresh.db import connect
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.settings import Settings
+from tests.integration.test_embed_fanout import task_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
@@ -35,14 +34,6 @@ def refresh(kb: str, source: Path, policy: Path) -> dict[str, Any]:
     assert state.is_completed(), state.message
     result: dict[str, Any] = state.result()
     return result | {"flow_run_id": state.state_details.flow_run_id}
-
-
-def task_names(flow_run_id: Any) -> list[str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    assert all(run.state and run.state.is_completed() for run in runs)
-    return [run.name for run in runs]
 
 
 def live_rows(settings: Settings, kb: str) -> dict[tuple[str, int], tuple[str, str, list[float]]]:
