@@ -89,14 +89,17 @@ def known_documents(
     """Return, per doc id, its catalog ``source_key``, ``content_hash``, ``mtime_dated`` and
     ``base_hash`` (its hash in ``base``); ``source_key`` is None for a deleted document.
     """
+    # The base hash is a scalar subquery on the manifest's primary key: as a join, a stale
+    # row estimate for a new version made the planner scan the whole manifest per id
+    # (3.9 s for 1,000 ids at 50k documents, against milliseconds).
     rows = conn.execute(
-        "SELECT i.doc_id, d.content_hash, d.mtime_dated, v.content_hash AS base_hash,"
+        "SELECT i.doc_id, d.content_hash, d.mtime_dated, (SELECT v.content_hash"
+        " FROM kb_version_documents v WHERE v.kb_id = %s AND v.version = %s"
+        " AND v.doc_id = i.doc_id) AS base_hash,"
         " CASE WHEN d.deleted_at IS NULL THEN d.source_key END AS source_key"
         " FROM unnest(%s::text[]) AS i(doc_id)"
-        " LEFT JOIN kb_documents d ON d.kb_id = %s AND d.doc_id = i.doc_id"
-        " LEFT JOIN kb_version_documents v ON v.kb_id = %s AND v.version = %s"
-        " AND v.doc_id = i.doc_id",
-        (list(doc_ids), kb_id, kb_id, base),
+        " LEFT JOIN kb_documents d ON d.kb_id = %s AND d.doc_id = i.doc_id",
+        (kb_id, base, list(doc_ids), kb_id),
     ).fetchall()
     return {r["doc_id"]: r for r in rows}
 
@@ -177,10 +180,17 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
     columns = sql.SQL(", ").join(map(sql.Identifier, _INTAKE_COLUMNS))
     updates = sql.SQL(", ").join(
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _INTAKE_COLUMNS[1:])
+    # Only rows that differ are written (``last_seen``: when the row last changed); writing
+    # all of them cost a new tuple per document per refresh.
     conn.execute(sql.SQL(
         "INSERT INTO kb_documents (kb_id, {c}) SELECT kb_id, {c} FROM tmp_intake"
         " ON CONFLICT (kb_id, doc_id) DO UPDATE SET {u}, last_seen = now(), deleted_at = NULL"
-    ).format(c=columns, u=updates))
+        " WHERE kb_documents.deleted_at IS NOT NULL OR ({old}) IS DISTINCT FROM ({new})"
+    ).format(c=columns, u=updates,
+             old=sql.SQL(", ").join(sql.SQL("kb_documents.{}").format(sql.Identifier(c))
+                                    for c in _INTAKE_COLUMNS[1:]),
+             new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c))
+                                    for c in _INTAKE_COLUMNS[1:])))
     conn.execute(
         "UPDATE kb_documents d SET deleted_at = now() WHERE d.kb_id = %s AND d.deleted_at IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM tmp_intake t WHERE t.doc_id = d.doc_id)", (kb_id,))

@@ -90,3 +90,37 @@ def test_yaml_without_aliases_loads_fast_or_strict_alike() -> None:
     text = "title: Rates * and & signs\nnested: {a: [1, {b: 2}]}\nanchor: &x plain\n"
     assert load_yaml(text) == yaml.safe_load(text)
     assert load_yaml("note: '*not an alias*'\n") == {"note": "*not an alias*"}
+
+
+def test_reader_refuses_each_bad_file_once_and_reads_the_rest(tmp_path: Path) -> None:
+    import os
+
+    from kbrefresh.build.sources.directory import DirectoryReader
+
+    root = tmp_path / "src"
+    (root / "b" / "c").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "locked").mkdir()
+    for rel in ("z.md", "a.md", "b/c/deep.md", "b/x.txt", ".hidden/h.md", "locked/l.md"):
+        (root / rel).write_text("# T\n\nbody\n", "utf-8")
+    with (root / "big.md").open("wb") as f:
+        f.truncate(MAX_DOCUMENT_BYTES + 1)
+    os.mkfifo(root / "pipe.md")  # reading it would block forever
+    (tmp_path / "outside.md").write_text("x", "utf-8")
+    (root / "out.md").symlink_to(tmp_path / "outside.md")
+    (root / "in.md").symlink_to(root / "a.md")
+    (root / "linked").symlink_to(root / "b", target_is_directory=True)  # not followed
+    (root / "locked").chmod(0)
+    try:
+        reader = DirectoryReader(root)
+        read = [f.doc_id for f in reader.files()]
+        problems = {p.path: p.reason for p in reader.take_problems()}
+    finally:
+        (root / "locked").chmod(0o755)
+    assert read == ["a", "in", "z", "b/x", "b/c/deep"] + (["locked/l"] if os.geteuid() == 0 else [])
+    assert problems.pop("big.md").startswith(f"is {MAX_DOCUMENT_BYTES + 1} bytes")
+    assert problems.pop("pipe.md") == "is not a regular file (a device, socket or pipe); remove it"
+    assert problems.pop("out.md").startswith("is a symbolic link to outside the source")
+    if os.geteuid() != 0:  # root lists any folder
+        assert problems.pop("locked") == "cannot be listed: Permission denied"
+    assert problems == {}

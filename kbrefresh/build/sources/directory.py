@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +29,12 @@ from kbrefresh.build.sources import (
     document_content_hash,
     json_safe,
 )
-from kbrefresh.build.sources.guards import binary_reason, doc_id_reason, file_reason
+from kbrefresh.build.sources.guards import (
+    MAX_DOCUMENT_BYTES,
+    binary_reason,
+    doc_id_reason,
+    file_reason,
+)
 from kbrefresh.models import Document
 
 logger = logging.getLogger(__name__)
@@ -88,7 +95,7 @@ class DirectoryReader:
         # The uri is what Path.absolute().as_uri() gives, without a Path per file.
         base = str(self.root.absolute())
         base_uri = "file://" + quote_from_bytes(os.fsencode(base))
-        for dirpath, name in _walk(Path(base), self.problems):
+        for dirpath, name, symlink in _walk(base, self.problems):
             suffix = os.path.splitext(name)[1]
             fmt = FORMATS_BY_SUFFIX.get(suffix.lower())
             if fmt is None:
@@ -98,18 +105,17 @@ class DirectoryReader:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             path = os.path.join(dirpath, name)
             doc_id = rel[: len(rel) - len(suffix)]
-            # Refused before anything is read: see kbrefresh.build.sources.guards.
-            reason = file_reason(Path(base), Path(path)) or doc_id_reason(doc_id)
+            # Refused before anything is read: see kbrefresh.build.sources.guards. A symbolic
+            # link is resolved and checked first; any other file is opened without following
+            # links (one swapped in since the listing fails with ELOOP) and sized by fstat.
+            reason = (file_reason(Path(base), Path(path)) if symlink else None) or doc_id_reason(doc_id)
             if reason is not None:
                 self.problems.append(LoadProblem(path=rel, reason=reason))
                 continue
             try:
-                with open(path, "rb") as handle:
-                    raw = handle.read()
-                    mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
-            except OSError as exc:
-                self.problems.append(LoadProblem(
-                    path=rel, reason=f"cannot be read: {exc.strerror or exc}"))
+                raw, mtime_ns = _read(path, follow=symlink)
+            except _Problem as exc:
+                self.problems.append(LoadProblem(path=rel, reason=str(exc)))
                 continue
             yield SourceFile(path, rel, doc_id,
                              base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, raw,
@@ -158,18 +164,59 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
     )
 
 
-def _walk(root: Path, problems: list[LoadProblem]) -> Iterator[tuple[str, str]]:
-    def unlisted(exc: OSError) -> None:
-        # os.walk skips unreadable folders silently; their files would just vanish.
-        where = Path(exc.filename or root)
-        rel = where.relative_to(root).as_posix() if where != root else "."
-        problems.append(LoadProblem(path=rel, reason=f"cannot be listed: {exc.strerror}"))
+def _read(path: str, *, follow: bool) -> tuple[bytes, int]:
+    """Return a file's bytes and mtime; refuse one over ``MAX_DOCUMENT_BYTES`` before reading."""
+    # Non-blocking, so a FIFO named like a document cannot hang the refresh.
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Problem("is a symbolic link that appeared while the source was read; "
+                           "refresh again") from exc
+        raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
+    with open(fd, "rb", closefd=True) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _Problem("is not a regular file (a device, socket or pipe); remove it")
+        if info.st_size > MAX_DOCUMENT_BYTES:
+            raise _Problem(f"is {info.st_size} bytes; expected at most {MAX_DOCUMENT_BYTES} "
+                           "bytes per document (split it into smaller files)")
+        try:
+            return handle.read(), info.st_mtime_ns
+        except OSError as exc:
+            raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield dirpath, name
+
+def _walk(root: str, problems: list[LoadProblem], folder: str | None = None
+          ) -> Iterator[tuple[str, str, bool]]:
+    """Yield (folder, file name, is a symbolic link) in sorted order, hidden entries skipped.
+
+    As ``os.walk`` (links to folders are not followed), but from ``scandir`` entries, so
+    whether a file is a link costs no system call.
+    """
+    folder = folder or root
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted((e for e in listing if not e.name.startswith(".")),
+                             key=lambda e: e.name)
+    except OSError as exc:
+        # An unreadable folder must be reported: its files would just vanish.
+        rel = folder[len(root) + 1:].replace(os.sep, "/") or "."
+        problems.append(LoadProblem(path=rel, reason=f"cannot be listed: {exc.strerror}"))
+        return
+    folders: list[str] = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            yield folder, entry.name, entry.is_symlink()
+        elif not entry.is_symlink():
+            folders.append(entry.path)
+    for child in folders:
+        yield from _walk(root, problems, child)
 
 
 def _decode(raw: bytes) -> str:

@@ -73,7 +73,9 @@ def doc_id_reason(doc_id: str) -> str | None:
     (NUL included), no leading ``/``, no empty, ``.`` or ``..`` segment, so an id can
     never climb out of wherever it is used as a path.
     """
-    if any(unicodedata.category(ch).startswith("C") for ch in doc_id):
+    # isprintable() is False for every "C" category (and for spaces but " "): the fast path.
+    if not doc_id.isprintable() and any(
+            unicodedata.category(ch).startswith("C") for ch in doc_id):
         return f"has id {doc_id!r} that contains control characters"
     parts = doc_id.replace("\\", "/").split("/")
     if doc_id.startswith(("/", "\\")) or os.path.isabs(doc_id) or any(
