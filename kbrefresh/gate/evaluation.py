@@ -7,14 +7,9 @@ their documents, so labels survive re-chunking."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,18 +26,17 @@ from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.reuse import store_results, stored_results, timed_queries
+from kbrefresh.gate.runs import run_alone, run_side_by_side
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
 from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
 from kbrefresh.retraining.rebrand_expansion import query_expander
 from kbrefresh.serving import routing
-from kbrefresh.serving.search import search_version
 from kbrefresh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 AUTO_SET = "auto-titles"
 _AUTO_LIMIT = 200
-_WARMUP = 10
 
 
 @dataclass(frozen=True)
@@ -93,12 +87,13 @@ def stored_golden(
 
 def auto_golden(conn: store.Conn, kb_id: int, versions: Sequence[int]) -> list[GoldenQuery]:
     """Known-item queries from document titles, for documents in every given version."""
+    # Read in md5 order off an index (migration 0017), stopping at the limit.
     rows = conn.execute(
-        "SELECT d.doc_id, d.title FROM kb_documents d WHERE d.kb_id = %s AND ("
-        " SELECT count(DISTINCT m.version) FROM kb_version_documents m WHERE m.kb_id = d.kb_id"
-        " AND m.doc_id = d.doc_id AND m.version = ANY(%s)) = %s"
-        " ORDER BY md5(d.doc_id) LIMIT %s",
-        (kb_id, list(versions), len(set(versions)), _AUTO_LIMIT),
+        "SELECT d.doc_id, d.title FROM kb_documents d WHERE d.kb_id = %s AND NOT EXISTS ("
+        " SELECT 1 FROM unnest(%s::int[]) AS v(version) WHERE NOT EXISTS ("
+        " SELECT 1 FROM kb_version_documents m WHERE m.kb_id = d.kb_id AND m.version = v.version"
+        " AND m.doc_id = d.doc_id)) ORDER BY md5(d.doc_id) LIMIT %s",
+        (kb_id, sorted(set(versions)), _AUTO_LIMIT),
     ).fetchall()
     # One slice: per-category disparity on synthetic title queries would be noise.
     return [GoldenQuery(r["title"], (r["doc_id"],), "all", AUTO_SET) for r in rows]
@@ -227,17 +222,19 @@ def excluded_queries(
     source (so no candidate could answer). Coverage gained: no relevant document is
     in live, some are in the candidate (so live could never have answered).
     """
+    relevant = sorted({doc for q in queries for doc in q.relevant})  # only these matter
     rows = conn.execute(
         "SELECT m.version, m.doc_id FROM kb_version_documents m WHERE m.kb_id = %s"
-        " AND m.version = ANY(%s)",
-        (kb_id, [v for v in (candidate, live) if v is not None]),
+        " AND m.version = ANY(%s) AND m.doc_id = ANY(%s)",
+        (kb_id, [v for v in (candidate, live) if v is not None], relevant),
     ).fetchall()
     in_candidate = {r["doc_id"] for r in rows if r["version"] == candidate}
     in_live = {r["doc_id"] for r in rows if r["version"] == live}
     deleted = {
         r["doc_id"]
         for r in conn.execute(
-            "SELECT doc_id FROM kb_documents WHERE kb_id = %s AND deleted_at IS NOT NULL", (kb_id,)
+            "SELECT doc_id FROM kb_documents WHERE kb_id = %s AND deleted_at IS NOT NULL"
+            " AND doc_id = ANY(%s)", (kb_id, relevant)
         ).fetchall()
     }
     stale = [q for q in queries if not in_candidate & set(q.relevant) and set(q.relevant) <= deleted]
@@ -272,15 +269,19 @@ def _measure(
     by_index: dict[int, QueryResult] = {}
     out: dict[int, list[QueryResult]] = {}
     duplicated: list[str] = []
-    for part, with_live in ((fresh, live is not None),
-                            (sorted(set(reused) - set(fresh)), False)):
+    for part, with_live, timed in ((fresh, live is not None, True),
+                                   (sorted(set(reused) - set(fresh)), False, False)):
         if not part:
             continue
         qs = [queries[i] for i in part]
         run = {candidate: cand_vectors[part]}
         if with_live and live is not None:
             run[live] = vectors(live, part)
-        res, dup = _run(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
+        if timed:
+            res, dup = run_side_by_side(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
+        else:  # nothing compares these timings: split over connections
+            res, dup = run_alone(settings, conn, qs, tables[candidate], candidate,
+                                 run[candidate], depth)
         by_index.update(zip(part, res[candidate], strict=True))
         duplicated += dup[candidate]
         if with_live and live is not None:
@@ -291,74 +292,6 @@ def _measure(
     if live is not None:
         out[live] = [reused[i] for i in range(len(queries))]
     return out, duplicated
-
-
-def _run(
-    settings: Settings,
-    conn: store.Conn,
-    queries: Sequence[GoldenQuery],
-    tables: dict[int, store.FingerprintTable],
-    vectors: dict[int, npt.NDArray[np.float32]],
-    depth: int,
-) -> tuple[dict[int, list[QueryResult]], dict[int, list[str]]]:
-    """Return each version's results and the queries whose hits repeated a chunk id.
-
-    Candidate and live run side by side on two connections in lockstep (query i on
-    both at once), so each sees the same load and the gate takes half the time.
-    """
-    versions = list(tables)
-    barrier = threading.Barrier(len(versions))
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside one timed search would land on one version only
-    try:
-        with ExitStack() as stack:
-            conns = [conn] + [stack.enter_context(connect(settings)) for _ in versions[1:]]
-            with ThreadPoolExecutor(len(versions)) as pool:
-                futures = [
-                    pool.submit(_run_version, c, queries, tables[v], v, vectors[v], depth, barrier)
-                    for c, v in zip(conns, versions, strict=True)
-                ]
-                errors = [e for e in (f.exception() for f in futures) if e is not None]
-                if errors:  # the root cause, not the other side's broken barrier
-                    raise next((e for e in errors if not isinstance(
-                        e, threading.BrokenBarrierError)), errors[0])
-                done = [f.result() for f in futures]
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return ({v: d[0] for v, d in zip(versions, done, strict=True)},
-            {v: d[1] for v, d in zip(versions, done, strict=True)})
-
-
-def _run_version(
-    conn: store.Conn,
-    queries: Sequence[GoldenQuery],
-    table: store.FingerprintTable,
-    version: int,
-    vectors: npt.NDArray[np.float32],
-    depth: int,
-    barrier: threading.Barrier,
-) -> tuple[list[QueryResult], list[str]]:
-    results: list[QueryResult] = []
-    duplicated: list[str] = []
-    try:
-        for i in range(min(_WARMUP, len(queries))):  # untimed: first queries pay for cold caches
-            search_version(conn, table, version, vectors[i], k=depth)
-        for i, q in enumerate(queries):
-            barrier.wait(timeout=60)
-            started = time.perf_counter()
-            hits = search_version(conn, table, version, vectors[i], k=depth)
-            elapsed = (time.perf_counter() - started) * 1000
-            results.append(QueryResult(
-                q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
-                tuple(h.similarity for h in hits),
-            ))
-            if len({h.chunk_id for h in hits}) != len(hits):
-                duplicated.append(q.query)
-    except BaseException:
-        barrier.abort()  # the other side must not wait for a query that never comes
-        raise
-    return results, duplicated
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ def ensure_fingerprint(conn: Conn, kb_id: int, fp: Fingerprint) -> FingerprintTa
     ).fetchone()
     assert row is not None
     table = FingerprintTable.from_row(row)
+    if table_exists(conn, table.table):
+        # No DDL on an existing table: ALTER TABLE takes an exclusive lock, which queued
+        # every reader behind it and waited out autovacuum (1 s) on each refresh.
+        return table
     conn.execute(
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
