@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -74,7 +75,12 @@ def publish_version(
                                    reason=reason, flow_run_id=flow_run_id)
         fault_point("swap_committed")
         build.clear_staging(conn, ticket.kb_id, ticket.version)
-        archived = routing.retire_old_versions(conn, ticket.kb_id, keep_versions or settings.keep_versions)
+        from kbrefresh.release import row_archive  # release imports refresh: not at import
+
+        archived = routing.retire_old_versions(
+            conn, ticket.kb_id, keep_versions or settings.keep_versions,
+            purge=row_archive.exporting_purge(settings, ticket.kb, ticket.kb_id),
+            on_archived=partial(row_archive.record_retired, kb_id=ticket.kb_id))
     return PublishResult(change.from_version, change.to_version, archived)
 
 

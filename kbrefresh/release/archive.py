@@ -31,6 +31,7 @@ from kbrefresh.errors import ConfigError, GateFailed, VersionError
 from kbrefresh.gate.evaluation import run_gate
 from kbrefresh.models import Fingerprint
 from kbrefresh.refresh import steps as pipeline
+from kbrefresh.release import row_archive
 from kbrefresh.serving import routing
 from kbrefresh.settings import Settings
 from kbrefresh.store import VersionStatus
@@ -119,7 +120,8 @@ def archive_version(settings: Settings, kb: str, version: int, *, now: datetime,
                 (kb_id, version, location, n_chunks, n_docs, now,
                  now + retention if retention else None))
             store.set_status(conn, kb_id, version, VersionStatus.ARCHIVED)
-            purged = _purge(conn, kb_id, store.fingerprint_for_version(conn, kb_id, version).table)
+            purged = _purge(conn, kb_id, store.fingerprint_for_version(conn, kb_id, version).table,
+                            row_archive.exporting_purge(settings, kb, kb_id))
     logger.info("archived %r v%d to %s (%d chunks); purged %d rows", kb, version, location,
                 n_chunks, purged)
     return ArchiveRecord(kb, version, location, n_chunks, n_docs, purged)
@@ -141,13 +143,14 @@ def _store_files(settings: Settings, kb: str, version: int, run_id: str | None, 
     return str(target)
 
 
-def _purge(conn: store.Conn, kb_id: int, table: str) -> int:
+def _purge(conn: store.Conn, kb_id: int, table: str, purge: row_archive.Purge) -> int:
     row = conn.execute(
         "SELECT min(v.version) AS oldest FROM kb_versions v JOIN kb_fingerprints f"
         " ON f.id = v.fingerprint_id WHERE v.kb_id = %s AND f.table_name = %s"
         " AND v.status = ANY(%s)", (kb_id, table, list(_KEPT))).fetchone()
     oldest = row["oldest"] if row else None
-    return store.purge_dead_rows(conn, table, int(oldest)) if oldest is not None else 0
+    # Rows a version retired by a refresh still reads are written to a row segment first.
+    return purge(conn, table, int(oldest)) if oldest is not None else 0
 
 
 def _fetch_files(settings: Settings, location: str, tmp: Path) -> Path:
@@ -176,6 +179,15 @@ def restore_version(settings: Settings, kb: str, version: int, *, force: bool = 
         raise VersionError(f"version {version} of {kb!r} has no archive; "
                            f"see `kbrefresh versions --kb {kb}` for archived versions")
     with tempfile.TemporaryDirectory(prefix="kbrefresh-restore-") as tmp:
+        if str(found["location"]).startswith(row_archive.ROWS_PREFIX):  # retired by a refresh
+            with connect(settings) as conn, pipeline.refresh_lock(settings, kb):
+                meta, chunks, manifest = row_archive.assemble(settings, conn, kb_id, version,
+                                                              Path(tmp))
+                conn.rollback()
+                new = _load(settings, kb_id, version, meta, chunks, manifest)
+            return _publish(settings, kb, kb_id, version, new, force=force,
+                            reason=reason or f"restore of archived v{version}",
+                            flow_run_id=flow_run_id)
         files = _fetch_files(settings, str(found["location"]), Path(tmp))
         missing = [n for n in _FILES if not (files / n).is_file()]
         if missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -313,8 +314,19 @@ def ensure_live_view(
             time.sleep(min(0.02 * attempt, 0.5))
 
 
-def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
-    """Archive retired versions beyond the ``keep`` newest (live included) and purge their rows."""
+def retire_old_versions(
+    conn: Conn, kb_id: int, keep: int, *,
+    purge: Callable[[Conn, str, int | None], int] | None = None,
+    on_archived: Callable[[Conn, list[int]], None] | None = None,
+) -> list[int]:
+    """Archive retired versions beyond the ``keep`` newest (live included) and purge their rows.
+
+    ``purge(conn, table, oldest_kept)`` deletes rows no kept version uses (``oldest_kept``
+    None: every row, the table is dropped next); the default deletes them, the release
+    room's writes them to row segments first. ``on_archived`` records the archived versions.
+    """
+    purge = purge or (lambda c, table, oldest: purge_dead_rows(c, table, oldest) if oldest
+                      is not None else 0)
     live = live_version(conn, kb_id)
     rows = conn.execute(
         "SELECT v.version, v.status, f.table_name FROM kb_versions v "
@@ -339,15 +351,18 @@ def retire_old_versions(conn: Conn, kb_id: int, keep: int) -> list[int]:
         for table in tables:
             versions = [int(r["version"]) for r in rows if r["table_name"] == table and int(r["version"]) in kept]
             if versions and table_exists(conn, table):
-                purged = purge_dead_rows(conn, table, min(versions))
+                purged = purge(conn, table, min(versions))
                 logger.info("purged %d rows no kept version uses from %s", purged, table)
+        if on_archived is not None and archived:
+            on_archived(conn, archived)
     unused = _unused_tables(conn, kb_id)
     if unused:
-        _drop_tables(conn, kb_id, unused)
+        _drop_tables(conn, kb_id, unused, purge)
     return archived
 
 
-def _drop_tables(conn: Conn, kb_id: int, tables: list[str]) -> None:
+def _drop_tables(conn: Conn, kb_id: int, tables: list[str],
+                 purge: Callable[[Conn, str, int | None], int]) -> None:
     # The view must stop naming a table before it can be dropped; when readers keep the
     # view busy the tables stay (no version routes to them) and the next retire drops them.
     row = conn.execute("SELECT name FROM kb WHERE id = %s", (kb_id,)).fetchone()
@@ -359,6 +374,8 @@ def _drop_tables(conn: Conn, kb_id: int, tables: list[str]) -> None:
         return
     with conn.transaction():
         for table in tables:
+            if table_exists(conn, table):
+                purge(conn, table, None)  # the rows of archived versions, written out or not
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             logger.info("dropped chunk table %s: no kept version uses it", table)
 
