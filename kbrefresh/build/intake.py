@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kbrefresh.build.quality import (
     ERROR,
@@ -42,6 +44,8 @@ from kbrefresh.models import ChunkerConfig, Document, sha256_text
 from kbrefresh.retraining.profiles import KbProfiles, ProfiledDocument, apply_profiles
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Bump when the directory loader's output for the same bytes changes: every file is parsed again.
 LOADER_VERSION = "kbrefresh-loader-1"
@@ -116,13 +120,15 @@ def stream_source(
     pandas) and then batched, every row parsed.
     """
     if not is_url(source) and Path(source).is_dir():
-        reader = DirectoryReader(Path(source))
-        files = reader.files()
-        while chunk := list(islice(files, batch_size)):
-            yield _directory_batch(chunk, lookup(sorted({f.doc_id for f in chunk})), profiles,
-                                   chunker, context, reparse, reader.take_problems())
-        if rest := reader.take_problems():
-            yield IntakeBatch((), (), (), tuple(rest))
+        # The next batch is read and hashed on a thread while this one waits on the
+        # database (lookups, COPY): at 50k files that hides most of the reading.
+        for chunk, keys, found in prefetched(
+                _read_batches(DirectoryReader(Path(source)), batch_size, context)):
+            if not chunk:
+                yield IntakeBatch((), (), (), tuple(found))
+                continue
+            yield _directory_batch(chunk, keys, lookup(sorted({f.doc_id for f in chunk})),
+                                   profiles, chunker, reparse, found)
         return
     loaded = load_source(source, query=query)
     docs = iter(loaded.documents)
@@ -135,15 +141,66 @@ def stream_source(
         problems = ()
 
 
+def _read_batches(reader: DirectoryReader, batch_size: int, context: str
+                  ) -> Iterator[tuple[list[SourceFile], list[str], list[LoadProblem]]]:
+    """Yield (files, their source keys, problems found while reading them); problems last."""
+    files = reader.files()
+    while chunk := list(islice(files, batch_size)):
+        yield chunk, [source_key(f.raw, f.uri, context) for f in chunk], reader.take_problems()
+    if rest := reader.take_problems():
+        yield [], [], rest
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yield ``items``, produced on a thread up to ``depth`` ahead (memory: depth + 1 items).
+
+    An exception in the producer is raised here; closing this generator stops the producer.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="kbrefresh-source-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def _directory_batch(
-    files: list[SourceFile], known: Mapping[str, Mapping[str, Any]], profiles: KbProfiles | None,
-    chunker: ChunkerConfig, context: str, reparse: bool, problems: list[LoadProblem],
+    files: list[SourceFile], file_keys: list[str], known: Mapping[str, Mapping[str, Any]],
+    profiles: KbProfiles | None, chunker: ChunkerConfig, reparse: bool,
+    problems: list[LoadProblem],
 ) -> IntakeBatch:
     kept: list[tuple[str, str, datetime | None]] = []
     docs: list[Document] = []
     keys: dict[str, tuple[str, bool]] = {}
-    for file in files:
-        key = source_key(file.raw, file.uri, context)
+    for file, key in zip(files, file_keys, strict=True):
         old = known.get(file.doc_id)
         if (not reparse and old is not None and old["source_key"] == key
                 and old["base_hash"] == old["content_hash"]):

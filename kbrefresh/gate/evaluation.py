@@ -2,8 +2,9 @@
 
 Queries are embedded once per fingerprint (outside the timed part), then searched on
 candidate and live alternately, so both see the same cache and load; latency compares
-only such side-by-side timings (reused live results are not timed). Chunks map to
-their documents, so labels survive re-chunking."""
+only such side-by-side timings (reused live results are not timed). The candidate's
+other queries, whose timings nothing compares, are split over two connections
+(``gate.runs``). Chunks map to their documents, so labels survive re-chunking."""
 
 from __future__ import annotations
 

@@ -199,6 +199,10 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
     conn.execute(
         "INSERT INTO kb_version_documents (kb_id, version, doc_id, content_hash)"
         " SELECT %s, %s, doc_id, content_hash FROM tmp_intake", (kb_id, version))
+    # The new version's manifest is not in the statistics yet: planned as one row, the
+    # anti-join against it (record_touched_intake) ran as a nested loop over 50k x 50k
+    # rows for 198 s in one measured refresh. Sampling the table takes ~0.1 s.
+    conn.execute("ANALYZE kb_version_documents")
     return DocumentChanges(new=int(row["new"]), changed=int(row["changed"]),
                            unchanged=int(row["unchanged"]), deleted=int(row["deleted"]))
 

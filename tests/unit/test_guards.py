@@ -124,3 +124,4 @@ def test_reader_refuses_each_bad_file_once_and_reads_the_rest(tmp_path: Path) ->
     if os.geteuid() != 0:  # root lists any folder
         assert problems.pop("locked") == "cannot be listed: Permission denied"
     assert problems == {}
+

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kbrefresh.build.intake import (
     IntakeCounts,
@@ -84,3 +86,35 @@ def test_tally_reports_whole_source_checks() -> None:
         ("missing_title", "warning"), ("duplicate_id", "error"),
         ("duplicate_content", "warning"), ("shrinkage", "error")]
     assert report.doc_count == 7 and report.newest_modified_at == newest
+
+
+def test_prefetched_keeps_order_raises_the_producers_error_and_stops_when_closed() -> None:
+    import threading
+
+    from kbrefresh.build.intake import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise OSError("disk gone")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="disk gone"):
+        got.extend(prefetched(failing()))
+    assert got == [1]
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetched(endless(), depth=1)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops: the producer thread must end, not run on
+    assert not [t for t in threading.enumerate() if t.name == "kbrefresh-source-reader"]
+    assert len(produced) <= 3
