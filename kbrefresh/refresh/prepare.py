@@ -140,8 +140,9 @@ def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -
     row = conn.execute(
         sql.SQL("SELECT count(*) AS n FROM {} c WHERE ").format(sql.Identifier(ticket.table))
         + store.in_version() + sql.SQL(
-            " AND c.doc_id NOT IN (SELECT doc_id FROM kb_build_docs"
-            " WHERE kb_id = %(kb_id)s AND version = %(new)s)"),
+            # NOT EXISTS (an anti-join), not NOT IN: an unhashed NOT IN subplan runs per row.
+            " AND NOT EXISTS (SELECT 1 FROM kb_build_docs b WHERE b.kb_id = %(kb_id)s"
+            " AND b.version = %(new)s AND b.doc_id = c.doc_id)"),
         {"version": base, "kb_id": ticket.kb_id, "new": ticket.version},
     ).fetchone()
     return int(row["n"]) if row else 0
