@@ -142,3 +142,23 @@ def test_a_stricter_length_limit_parses_again(settings: Settings, tmp_path: Path
         run_refresh(settings, RefreshRequest(kb="kb", source=str(root)),
                     embedder=OfflineEmbedder(dims=64), policy=SMOKE_ONLY,
                     quality=QualityPolicy(min_chars=50))
+
+
+def test_close_intake_counts_the_source_and_names_kept_documents_without_a_title(
+        settings: Settings) -> None:
+    with connect(settings) as conn:
+        kb_id = store.ensure_kb(conn, "kb")
+        for doc_id, title in (("a", "A"), ("blank", "  "), ("parsed-blank", "")):
+            conn.execute(
+                "INSERT INTO kb_documents (kb_id, doc_id, uri, title, category, content_hash,"
+                " source_key) VALUES (%s, %s, %s, %s, 'general', 'h', 'k')",
+                (kb_id, doc_id, f"file:///{doc_id}", title))
+        store.open_intake(conn)
+        parsed = {"doc_id": "parsed-blank", "uri": "file:///parsed-blank", "title": "",
+                  "category": "general", "metadata": {}, "content_hash": "h2",
+                  "modified_at": None, "source_key": "k2", "mtime_dated": False}
+        store.copy_intake(conn, kb_id, [parsed], [("a", "k", None), ("blank", "k", None)])
+        closed = store.close_intake(conn, kb_id)
+        conn.rollback()
+    # Only kept documents are named here: parsed ones were checked as they were parsed.
+    assert (closed["count"], closed["untitled"]) == (3, ["blank"])
