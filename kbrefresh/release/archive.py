@@ -153,16 +153,6 @@ def _purge(conn: store.Conn, kb_id: int, table: str, purge: row_archive.Purge) -
     return purge(conn, table, int(oldest)) if oldest is not None else 0
 
 
-def _fetch_files(settings: Settings, location: str, tmp: Path) -> Path:
-    if location.startswith("mlflow:"):
-        from kbrefresh.tracking._client import session
-
-        run_id, _, path = location.removeprefix("mlflow:").partition("/")
-        with session(settings) as client:
-            return Path(client.download_artifacts(run_id, path, str(tmp)))
-    return Path(location)
-
-
 def restore_version(settings: Settings, kb: str, version: int, *, force: bool = False,
                     reason: str | None = None, flow_run_id: str | None = None) -> RestoreResult:
     """Load archived ``version`` of ``kb`` as a new version; gate it (or not) and publish it.
@@ -188,7 +178,7 @@ def restore_version(settings: Settings, kb: str, version: int, *, force: bool = 
             return _publish(settings, kb, kb_id, version, new, force=force,
                             reason=reason or f"restore of archived v{version}",
                             flow_run_id=flow_run_id)
-        files = _fetch_files(settings, str(found["location"]), Path(tmp))
+        files = row_archive.fetch(settings, str(found["location"]), Path(tmp))
         missing = [n for n in _FILES if not (files / n).is_file()]
         if missing:
             raise ConfigError(f"archive of {kb!r} v{version} at {found['location']!r} lacks {missing}")

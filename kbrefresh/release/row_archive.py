@@ -149,7 +149,7 @@ def assemble(settings: Settings, conn: store.Conn, kb_id: int, version: int,
             " AND first_version <= %s AND (last_version IS NULL OR last_version > %s) ORDER BY id",
             (kb_id, fp.table, version, version)).fetchall():
         try:
-            data = pq.read_table(_fetch(settings, str(seg["location"]), tmp))
+            data = pq.read_table(fetch(settings, str(seg["location"]), tmp))
         except (OSError, pa.ArrowException) as exc:
             raise VersionError(f"row segment {seg['location']!r} of version {version} cannot be "
                                f"read ({type(exc).__name__}); the version is missing rows") from exc
@@ -175,7 +175,8 @@ def assemble(settings: Settings, conn: store.Conn, kb_id: int, version: int,
     return meta, chunks, manifest
 
 
-def _fetch(settings: Settings, location: str, tmp: Path) -> Path:
+def fetch(settings: Settings, location: str, tmp: Path) -> Path:
+    """Return a local path for an archive location (``mlflow:<run>/<path>`` or a path)."""
     if location.startswith("mlflow:"):
         from kbrefresh.tracking._client import session
 
