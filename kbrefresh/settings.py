@@ -61,6 +61,7 @@ EXPECTED: dict[str, str] = {
     "compact_share": "a number from 0 to 10",
     "source_batch_size": "an integer from 1 to 100000",
     "reparse_sources": "true or false",
+    "read_every_file": "true or false",
     "notify_webhook_url": "an http:// or https:// URL",
     "notify_blocks": "comma-separated Prefect block names such as slack-webhook/oncall",
     "notify_timeout_seconds": "a number of seconds > 0 and <= 120",
@@ -148,8 +149,11 @@ class Settings(BaseSettings):
     build_max_tokens: int | None = Field(default=None, ge=1)
     build_max_seconds: float | None = Field(default=None, gt=0)
     # A refresh reads the source in batches of this many documents (memory is bounded by
-    # it), and parses only files whose bytes changed unless reparse_sources is set.
+    # it), opens only files whose stat signature changed unless read_every_file is set
+    # (for file systems whose ctime cannot be trusted), and parses only files whose bytes
+    # changed unless reparse_sources is set.
     source_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    read_every_file: bool = False
     reparse_sources: bool = False
 
     # Notifications (publish, rollback, skipped runs, rollout, proven): a plain webhook that

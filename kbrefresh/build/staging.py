@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,16 +18,13 @@ from typing import Any
 from psycopg import sql
 
 from kbrefresh._text import tokens_for_chars
-from kbrefresh.models import Chunk, Document
+from kbrefresh.models import Chunk
 from kbrefresh.store import (
     ABANDONED,
     UNFINISHED,
     Conn,
-    DocumentChanges,
     FingerprintTable,
     VersionStatus,
-    catalog_manifest,
-    diff_documents,
     undo_version,
 )
 
@@ -104,48 +101,6 @@ def _revert_abandoned(conn: Conn, kb_id: int, fp: FingerprintTable) -> None:
             "undid abandoned version %s: %d rows emptied, %d reopened, HNSW indexes dropped: %s",
             row["version"], undo.emptied, undo.reopened, ", ".join(undo.dropped) or "none",
         )
-
-
-def record_documents(
-    conn: Conn, kb_id: int, version: int, docs: Sequence[Document]
-) -> DocumentChanges:
-    """Update the document catalog and store the version's manifest (doc ids + hashes)."""
-    changes = diff_documents(
-        catalog_manifest(conn, kb_id), {d.doc_id: d.content_hash for d in docs}
-    )
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_docs (LIKE kb_documents INCLUDING DEFAULTS) ON COMMIT DROP")
-    with conn.cursor().copy(
-        "COPY tmp_docs (kb_id, doc_id, uri, title, category, metadata, content_hash, modified_at) "
-        "FROM STDIN"
-    ) as copy:
-        for d in docs:
-            copy.write_row(
-                (kb_id, d.doc_id, d.uri, d.title, d.category, json.dumps(dict(d.metadata), default=str),
-                 d.content_hash, d.modified_at)
-            )
-    conn.execute(
-        "INSERT INTO kb_documents (kb_id, doc_id, uri, title, category, metadata, content_hash, "
-        "modified_at) SELECT kb_id, doc_id, uri, title, category, metadata, content_hash, "
-        "modified_at FROM tmp_docs ON CONFLICT (kb_id, doc_id) DO UPDATE SET uri = EXCLUDED.uri, "
-        "title = EXCLUDED.title, category = EXCLUDED.category, metadata = EXCLUDED.metadata, "
-        "content_hash = EXCLUDED.content_hash, modified_at = EXCLUDED.modified_at, "
-        "last_seen = now(), deleted_at = NULL"
-    )
-    conn.execute(
-        "UPDATE kb_documents d SET deleted_at = now() WHERE d.kb_id = %s AND d.deleted_at IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM tmp_docs t WHERE t.doc_id = d.doc_id)",
-        (kb_id,),
-    )
-    conn.execute(
-        "DELETE FROM kb_version_documents WHERE kb_id = %s AND version = %s", (kb_id, version)
-    )
-    conn.execute(
-        "INSERT INTO kb_version_documents (kb_id, version, doc_id, content_hash) "
-        "SELECT %s, %s, doc_id, content_hash FROM tmp_docs",
-        (kb_id, version),
-    )
-    conn.execute("DROP TABLE tmp_docs")
-    return changes
 
 
 def stage_chunks(conn: Conn, kb_id: int, version: int, chunks: Iterable[Chunk]) -> int:

@@ -9,9 +9,9 @@ batch is read. Files whose source key is unchanged are read and hashed, not pars
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from psycopg import sql
@@ -71,7 +71,7 @@ def prepare_data(
         report = tally.report(
             intake=store.close_intake(conn, ticket.kb_id),
             previous_doc_count=store.manifest_size(conn, ticket.kb_id, ticket.live_version),
-            duplicates=store.intake_duplicates(conn), now=datetime.now(UTC))
+            duplicates=store.intake_duplicates(conn, ticket.kb_id), now=datetime.now(UTC))
         if not report.passed:
             _refuse(conn, ticket, report)
         changes = store.record_intake(conn, ticket.kb_id, ticket.version)
@@ -85,8 +85,9 @@ def prepare_data(
         tag = store.version_row(conn, ticket.kb_id, ticket.version).dataset_tag
         fault_point("prepare_staged")
         conn.commit()
-    logger.info("read %d documents in %d batches: %d parsed, %d unchanged files not parsed",
-                intake.read, intake.batches, intake.parsed, intake.skipped)
+    logger.info("%d documents in the source: %d files read in %d batches, %d parsed,"
+                " %d unchanged not parsed", intake.read, intake.opened, intake.batches,
+                intake.parsed, intake.skipped)
     return PrepareResult(tag, report.doc_count, total, changes, report.to_dict(), intake.as_counts())
 
 
@@ -110,18 +111,38 @@ def take_in(
     build.clear_staged_chunks(conn, ticket.kb_id, ticket.version)
     staged = 0
     for batch in stream_source(
-        source, query=query, lookup=partial(store.known_documents, conn, ticket.kb_id, base),
+        source, query=query, catalog=_Catalog(conn, ticket.kb_id, base),
         batch_size=settings.source_batch_size, profiles=profiles, chunker=chunker,
-        context=context, reparse=settings.reparse_sources,
+        context=context, reparse=settings.reparse_sources, read_all=settings.read_every_file,
+        counts=counts,
     ):
         tally.add(batch)
         counts.add(batch)
-        store.copy_intake(conn, ticket.kb_id, batch.rows, batch.kept)
+        store.copy_intake(conn, ticket.kb_id, batch.rows, batch.kept, batch.failed)
         # Unchanged documents keep their rows: they are neither re-chunked nor staged.
         staged += build.append_chunks(conn, ticket.kb_id, ticket.version, chunks_of(
             ((p.document, p.chunker) for p in batch.changed),
             chunk_map=chunk_map, batch_docs=settings.chunk_batch_docs))
     return staged
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    """The intake's view of the catalog, on the build's connection (see ``IntakeCatalog``)."""
+
+    conn: store.Conn
+    kb_id: int
+    base: int | None
+
+    def lookup(self, doc_ids: Sequence[str]) -> Mapping[str, Mapping[str, Any]]:
+        return store.known_documents(self.conn, self.kb_id, self.base, doc_ids)
+
+    def scan(self, entries: Iterable[tuple[str, str | None, str, bool, str | None]]) -> int:
+        return store.copy_scan(self.conn, entries)
+
+    def to_read(self, batch_size: int, *, everything: bool) -> Iterator[list[dict[str, Any]]]:
+        return store.intake_reads(self.conn, self.kb_id, self.base, batch_size,
+                                  everything=everything)
 
 
 def _refuse(conn: store.Conn, ticket: BuildTicket, report: QualityReport) -> None:
@@ -134,15 +155,25 @@ def _refuse(conn: store.Conn, ticket: BuildTicket, report: QualityReport) -> Non
 
 
 def _untouched_chunks(conn: store.Conn, ticket: BuildTicket, base: int | None) -> int:
-    """Count the base version's chunks of documents this build does not touch."""
+    """Count the base version's chunks of documents this build does not touch.
+
+    The base's chunk count (measured when it was built) less the base chunks of the
+    touched documents, found through the table's (doc_id, chunk_index) index: the cost
+    follows the change. As an anti-join over the whole base it took 2.2 s at 50k chunks
+    once the planner took the touched list for one row (a nested loop).
+    """
     if base is None:
         return 0
+    params = {"version": base, "kb_id": ticket.kb_id, "new": ticket.version}
+    counts = store.version_row(conn, ticket.kb_id, base).counts
+    # Trusted when the smoke check saw it equal to what the base's own build expected.
+    recorded = counts.get("chunks")
+    if recorded is None or recorded != counts.get("expected_chunks"):
+        row = conn.execute(sql.SQL("SELECT count(*) AS n FROM {} c WHERE ").format(
+            sql.Identifier(ticket.table)) + store.in_version(), params).fetchone()
+        recorded = int(row["n"]) if row else 0
     row = conn.execute(
-        sql.SQL("SELECT count(*) AS n FROM {} c WHERE ").format(sql.Identifier(ticket.table))
-        + store.in_version() + sql.SQL(
-            # NOT EXISTS (an anti-join), not NOT IN: an unhashed NOT IN subplan runs per row.
-            " AND NOT EXISTS (SELECT 1 FROM kb_build_docs b WHERE b.kb_id = %(kb_id)s"
-            " AND b.version = %(new)s AND b.doc_id = c.doc_id)"),
-        {"version": base, "kb_id": ticket.kb_id, "new": ticket.version},
-    ).fetchone()
-    return int(row["n"]) if row else 0
+        sql.SQL("SELECT count(*) AS n FROM kb_build_docs b JOIN {} c ON c.doc_id = b.doc_id"
+                " WHERE b.kb_id = %(kb_id)s AND b.version = %(new)s AND ").format(
+            sql.Identifier(ticket.table)) + store.in_version(), params).fetchone()
+    return int(recorded) - (int(row["n"]) if row else 0)

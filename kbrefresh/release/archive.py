@@ -213,10 +213,14 @@ def _load(settings: Settings, kb_id: int, archived: int, meta: dict[str, Any],
             for i, r in enumerate(chunks.drop_columns(["embedding"]).to_pylist()):
                 copy.write_row((r["doc_id"], r["chunk_index"], r["content"], r["content_hash"],
                                 r["metadata"], vectors[i], new))
-        conn.cursor().executemany(
-            "INSERT INTO kb_version_documents (kb_id, version, doc_id, content_hash)"
-            " VALUES (%s, %s, %s, %s)", [(kb_id, new, m["doc_id"], m["content_hash"])
-                                         for m in manifest])
+        conn.execute("CREATE TEMP TABLE tmp_restored_manifest (doc_id text, content_hash text)"
+                     " ON COMMIT DROP")
+        with conn.cursor().copy(
+                "COPY tmp_restored_manifest (doc_id, content_hash) FROM STDIN") as copy:
+            for m in manifest:
+                copy.write_row((m["doc_id"], m["content_hash"]))
+        store.write_manifest(conn, kb_id, new, sql.SQL(
+            "SELECT doc_id, content_hash FROM tmp_restored_manifest"))
         store.set_status(conn, kb_id, new, VersionStatus.CANDIDATE, counts={
             "chunks": chunks.num_rows, "documents": len(manifest), "restored_from": archived})
         conn.commit()

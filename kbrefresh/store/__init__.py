@@ -14,14 +14,17 @@ from kbrefresh.store.documents import (
     catalog_manifest,
     close_intake,
     copy_intake,
+    copy_scan,
     diff_documents,
     intake_duplicates,
+    intake_reads,
     known_documents,
     manifest_size,
     open_intake,
     record_intake,
     record_touched_intake,
     version_manifest,
+    write_manifest,
 )
 from kbrefresh.store.kbs import ensure_kb, get_kb_id, kb_overview, list_kbs, validate_kb_name
 from kbrefresh.store.rows import (
@@ -91,6 +94,7 @@ __all__ = [
     "close_intake",
     "compact",
     "copy_intake",
+    "copy_scan",
     "delta_rows",
     "diff_documents",
     "ensure_fingerprint",
@@ -101,6 +105,7 @@ __all__ = [
     "hnsw_indexes",
     "in_version",
     "intake_duplicates",
+    "intake_reads",
     "kb_overview",
     "known_documents",
     "list_kbs",
@@ -122,4 +127,5 @@ __all__ = [
     "version_manifest",
     "version_row",
     "version_stats",
+    "write_manifest",
 ]

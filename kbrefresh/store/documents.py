@@ -7,7 +7,7 @@ version's (``kb_version_documents``, the dataset a version was built from).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,11 +76,13 @@ def catalog_manifest(conn: Conn, kb_id: int) -> dict[str, str]:
     }
 
 
-# The streamed intake of one build: every document of the source lands in tmp_intake
-# (a temp table dropped at commit) batch by batch, so the diff, the duplicate checks and
-# the catalog update run in SQL and memory does not grow with the source.
+# The streamed intake of one build: every document of the source is listed in tmp_scan
+# (doc id, path, uri, stat signature); the documents parsed land in tmp_intake and those
+# read but unchanged in tmp_intake_kept, batch by batch. Documents listed but in neither
+# kept their catalog row unread. The diff, the checks and the catalog update run in SQL
+# (temp tables dropped at commit), so memory does not grow with the source.
 _INTAKE_COLUMNS = ("doc_id", "uri", "title", "category", "metadata", "content_hash",
-                   "modified_at", "source_key", "mtime_dated")
+                   "modified_at", "source_key", "mtime_dated", "stat_sig")
 
 
 def known_documents(
@@ -107,18 +109,59 @@ def known_documents(
 def open_intake(conn: Conn) -> None:
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_intake "
                  "(LIKE kb_documents INCLUDING DEFAULTS) ON COMMIT DROP")
-    # Documents whose file was not parsed: the rest of their row comes from the catalog.
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_intake_kept (doc_id text NOT NULL,"
-                 " source_key text NOT NULL, modified_at timestamptz) ON COMMIT DROP")
-    conn.execute("TRUNCATE tmp_intake, tmp_intake_kept")
+                 " source_key text NOT NULL, modified_at timestamptz, stat_sig text)"
+                 " ON COMMIT DROP")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_scan (n serial, doc_id text NOT NULL,"
+                 " rel text, uri text NOT NULL, link boolean NOT NULL, sig text) ON COMMIT DROP")
+    conn.execute("TRUNCATE tmp_intake, tmp_intake_kept, tmp_scan")
+
+
+def copy_scan(conn: Conn, entries: Iterable[tuple[str, str | None, str, bool, str | None]]) -> int:
+    """List documents of the source: (doc id, rel path, uri, is a link, stat signature)."""
+    n = 0
+    with conn.cursor().copy("COPY tmp_scan (doc_id, rel, uri, link, sig) FROM STDIN") as copy:
+        for entry in entries:
+            copy.write_row(entry)
+            n += 1
+    return n
+
+
+def intake_reads(
+    conn: Conn, kb_id: int, base: int | None, batch_size: int, *, everything: bool
+) -> Iterator[list[dict[str, Any]]]:
+    """Yield, in scan order, listed files whose signature or uri differs from the catalog's,
+    with the catalog columns ``known_documents`` gives (all files with ``everything``).
+
+    A document whose catalog hash is not its hash in ``base`` (a rejected build changed
+    the catalog) is read again, and so is one without a signature. Read by a server-side
+    cursor: memory holds one batch.
+    """
+    conn.execute("ANALYZE tmp_scan")
+    with conn.cursor(name="kbrefresh_intake_reads") as cursor:
+        cursor.execute(
+            "SELECT s.doc_id, s.rel, s.uri, s.link, d.content_hash, d.mtime_dated,"
+            " v.content_hash AS base_hash,"
+            " CASE WHEN d.deleted_at IS NULL THEN d.source_key END AS source_key"
+            " FROM tmp_scan s LEFT JOIN kb_documents d ON d.kb_id = %(kb)s AND d.doc_id = s.doc_id"
+            " LEFT JOIN kb_version_documents v ON v.kb_id = %(kb)s AND v.version = %(base)s"
+            " AND v.doc_id = s.doc_id"
+            " WHERE %(all)s OR d.doc_id IS NULL OR d.deleted_at IS NOT NULL"
+            " OR d.stat_sig IS NULL OR d.stat_sig <> s.sig OR s.sig IS NULL OR d.uri <> s.uri"
+            " OR v.content_hash IS DISTINCT FROM d.content_hash ORDER BY s.n",
+            {"kb": kb_id, "base": base, "all": everything})
+        while rows := cursor.fetchmany(batch_size):
+            yield rows
 
 
 def copy_intake(
     conn: Conn, kb_id: int, rows: Iterable[Mapping[str, Any]],
-    kept: Iterable[tuple[str, str, datetime | None]] = (),
+    kept: Iterable[tuple[str, str, datetime | None, str | None]] = (),
+    failed: Sequence[str] = (),
 ) -> None:
     """Append parsed rows (keys as ``_INTAKE_COLUMNS``) and kept ``(doc_id, source_key,
-    modified_at or None for the catalog's)`` rows to the intake."""
+    modified_at or None for the catalog's, stat signature)`` rows to the intake; listed
+    files that ``failed`` (rel paths) are not documents of the source."""
     with conn.cursor().copy(
         sql.SQL("COPY tmp_intake (kb_id, {}) FROM STDIN").format(
             sql.SQL(", ").join(map(sql.Identifier, _INTAKE_COLUMNS)))
@@ -127,43 +170,50 @@ def copy_intake(
             values = [row[c] for c in _INTAKE_COLUMNS]
             values[4] = json.dumps(dict(values[4]), default=str)
             copy.write_row([kb_id, *values])
-    with conn.cursor().copy(
-            "COPY tmp_intake_kept (doc_id, source_key, modified_at) FROM STDIN") as copy:
+    with conn.cursor().copy("COPY tmp_intake_kept (doc_id, source_key, modified_at, stat_sig)"
+                            " FROM STDIN") as copy:
         for item in kept:
             copy.write_row(item)
+    if failed:
+        conn.execute("DELETE FROM tmp_scan WHERE rel = ANY(%s)", (list(failed),))
+
+
+# The documents of the source not parsed, with their catalog rows.
+_UNPARSED = (" FROM tmp_scan s JOIN kb_documents d ON d.kb_id = %(kb)s AND d.doc_id = s.doc_id"
+             " WHERE NOT EXISTS (SELECT 1 FROM tmp_intake t WHERE t.doc_id = s.doc_id)")
 
 
 def close_intake(conn: Conn, kb_id: int) -> dict[str, Any]:
-    """Complete kept rows from the catalog; return ``count``, ``newest`` and ``untitled`` ids."""
-    conn.execute(
-        "INSERT INTO tmp_intake (kb_id, doc_id, uri, title, category, metadata, content_hash,"
-        " modified_at, source_key, mtime_dated) SELECT d.kb_id, d.doc_id, d.uri, d.title,"
-        " d.category, d.metadata, d.content_hash, coalesce(k.modified_at, d.modified_at),"
-        " k.source_key, d.mtime_dated FROM tmp_intake_kept k JOIN kb_documents d"
-        " ON d.kb_id = %s AND d.doc_id = k.doc_id", (kb_id,))
-    # Two statements, not an IN (subquery) inside the aggregate's FILTER: once the kept ids
-    # outgrew work_mem that subplan was not hashed and ran per row (200k x 200k: minutes).
+    """Return ``count``, ``newest`` and ``untitled`` (documents not parsed, without a title)."""
+    kb = {"kb": kb_id}
     row = conn.execute(
-        "SELECT count(*) AS count, max(modified_at) AS newest FROM tmp_intake").fetchone()
+        "SELECT (SELECT count(*) FROM tmp_scan) AS count, greatest("
+        " (SELECT max(modified_at) FROM tmp_intake),"
+        " (SELECT max(coalesce(k.modified_at, d.modified_at)) FROM tmp_intake_kept k"
+        "  JOIN kb_documents d ON d.kb_id = %(kb)s AND d.doc_id = k.doc_id),"
+        " (SELECT max(d.modified_at)" + _UNPARSED + " AND NOT EXISTS"
+        "  (SELECT 1 FROM tmp_intake_kept k WHERE k.doc_id = s.doc_id))) AS newest", kb).fetchone()
     untitled = conn.execute(
-        "SELECT coalesce(array_agg(t.doc_id ORDER BY t.doc_id), '{}') AS ids FROM tmp_intake t"
-        " WHERE btrim(t.title) = '' AND EXISTS (SELECT 1 FROM tmp_intake_kept k"
-        " WHERE k.doc_id = t.doc_id)").fetchone()
+        "SELECT coalesce(array_agg(s.doc_id ORDER BY s.doc_id), '{}') AS ids"
+        + _UNPARSED + " AND btrim(d.title) = ''", kb).fetchone()
     assert row is not None and untitled is not None
     return dict(row) | {"untitled": untitled["ids"]}
 
 
-def intake_duplicates(conn: Conn) -> tuple[dict[str, list[str]], list[list[str]]]:
+def intake_duplicates(conn: Conn, kb_id: int) -> tuple[dict[str, list[str]], list[list[str]]]:
     """Return ids used by several documents (with their uris) and groups of ids sharing content."""
     ids = {
         r["doc_id"]: r["uris"] for r in conn.execute(
-            "SELECT doc_id, array_agg(uri ORDER BY uri) AS uris FROM tmp_intake"
+            "SELECT doc_id, array_agg(uri ORDER BY uri) AS uris FROM tmp_scan"
             " GROUP BY doc_id HAVING count(*) > 1 ORDER BY doc_id").fetchall()
     }
     contents = [
         r["ids"] for r in conn.execute(
-            "SELECT array_agg(DISTINCT doc_id ORDER BY doc_id) AS ids FROM tmp_intake"
-            " GROUP BY content_hash HAVING count(DISTINCT doc_id) > 1 ORDER BY 1").fetchall()
+            "SELECT array_agg(DISTINCT doc_id ORDER BY doc_id) AS ids FROM ("
+            " SELECT doc_id, content_hash FROM tmp_intake UNION ALL"
+            " SELECT s.doc_id, d.content_hash" + _UNPARSED + ") x"
+            " GROUP BY content_hash HAVING count(DISTINCT doc_id) > 1 ORDER BY 1",
+            {"kb": kb_id}).fetchall()
     ]
     return ids, contents
 
@@ -173,9 +223,9 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
     row = conn.execute(
         "SELECT count(*) FILTER (WHERE d.doc_id IS NULL) AS new,"
         " count(*) FILTER (WHERE d.content_hash <> t.content_hash) AS changed,"
-        " count(*) FILTER (WHERE d.content_hash = t.content_hash) AS unchanged,"
+        " (SELECT count(*) FROM tmp_scan) AS listed,"
         " (SELECT count(*) FROM kb_documents x WHERE x.kb_id = %(kb)s AND x.deleted_at IS NULL"
-        "  AND NOT EXISTS (SELECT 1 FROM tmp_intake y WHERE y.doc_id = x.doc_id)) AS deleted"
+        "  AND NOT EXISTS (SELECT 1 FROM tmp_scan y WHERE y.doc_id = x.doc_id)) AS deleted"
         " FROM tmp_intake t LEFT JOIN kb_documents d ON d.kb_id = %(kb)s"
         " AND d.doc_id = t.doc_id AND d.deleted_at IS NULL",
         {"kb": kb_id},
@@ -196,19 +246,57 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
              new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c))
                                     for c in _INTAKE_COLUMNS[1:])))
     conn.execute(
-        "UPDATE kb_documents d SET deleted_at = now() WHERE d.kb_id = %s AND d.deleted_at IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM tmp_intake t WHERE t.doc_id = d.doc_id)", (kb_id,))
-    conn.execute("DELETE FROM kb_version_documents WHERE kb_id = %s AND version = %s",
-                 (kb_id, version))
+        "UPDATE kb_documents d SET source_key = k.source_key, stat_sig = k.stat_sig,"
+        " modified_at = coalesce(k.modified_at, d.modified_at), last_seen = now()"
+        " FROM tmp_intake_kept k WHERE d.kb_id = %s AND d.doc_id = k.doc_id"
+        " AND (d.source_key, d.stat_sig, d.modified_at) IS DISTINCT FROM"
+        " (k.source_key, k.stat_sig, coalesce(k.modified_at, d.modified_at))", (kb_id,))
     conn.execute(
-        "INSERT INTO kb_version_documents (kb_id, version, doc_id, content_hash)"
-        " SELECT %s, %s, doc_id, content_hash FROM tmp_intake", (kb_id, version))
-    # The new version's manifest is not in the statistics yet: planned as one row, the
-    # anti-join against it (record_touched_intake) ran as a nested loop over 50k x 50k
-    # rows for 198 s in one measured refresh. Sampling the table takes ~0.1 s.
-    conn.execute("ANALYZE kb_version_documents")
-    return DocumentChanges(new=int(row["new"]), changed=int(row["changed"]),
-                           unchanged=int(row["unchanged"]), deleted=int(row["deleted"]))
+        "UPDATE kb_documents d SET deleted_at = now() WHERE d.kb_id = %s AND d.deleted_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM tmp_scan t WHERE t.doc_id = d.doc_id)", (kb_id,))
+    write_manifest(conn, kb_id, version, sql.SQL(
+        "SELECT d.doc_id, d.content_hash FROM tmp_scan s JOIN kb_documents d"
+        " ON d.kb_id = %(kb)s AND d.doc_id = s.doc_id"))
+    new, changed = int(row["new"]), int(row["changed"])
+    return DocumentChanges(new=new, changed=changed, unchanged=int(row["listed"]) - new - changed,
+                           deleted=int(row["deleted"]))
+
+
+def write_manifest(conn: Conn, kb_id: int, version: int, rows: sql.Composable) -> None:
+    """Make ``version``'s manifest exactly the (doc_id, content_hash) rows ``rows`` selects.
+
+    ``rows`` may use ``%(kb)s``. ``version`` must be the KB's newest: what it wrote before
+    is undone, open ranges it does not keep are closed at it and the rest open at it, so
+    the writes follow the change while the comparison reads the manifest once.
+    """
+    params = {"kb": kb_id, "v": version}
+    if _ranges_rows(conn) < 0:  # never analyzed: see the migration that created the table
+        conn.execute("ANALYZE kb_document_ranges")
+    conn.execute("DELETE FROM kb_document_ranges WHERE kb_id = %(kb)s AND valid_from = %(v)s",
+                 params)
+    conn.execute("UPDATE kb_document_ranges SET valid_to = NULL WHERE kb_id = %(kb)s"
+                 " AND valid_to = %(v)s", params)
+    conn.execute(sql.SQL(
+        "UPDATE kb_document_ranges r SET valid_to = %(v)s WHERE r.kb_id = %(kb)s"
+        " AND r.valid_to IS NULL AND NOT EXISTS (SELECT 1 FROM ({rows}) m"
+        " WHERE m.doc_id = r.doc_id AND m.content_hash = r.content_hash)").format(rows=rows),
+        params)
+    written = conn.execute(sql.SQL(
+        "INSERT INTO kb_document_ranges (kb_id, doc_id, content_hash, valid_from)"
+        " SELECT %(kb)s, m.doc_id, m.content_hash, %(v)s FROM ({rows}) m WHERE NOT EXISTS"
+        " (SELECT 1 FROM kb_document_ranges r WHERE r.kb_id = %(kb)s AND r.valid_to IS NULL"
+        " AND r.doc_id = m.doc_id)").format(rows=rows), params).rowcount
+    # A first build's manifest is most of the table: planned from the statistics of an
+    # empty table, the anti-joins against it become nested loops (one took 198 s).
+    if written > 0.1 * _ranges_rows(conn):
+        conn.execute("ANALYZE kb_document_ranges")
+
+
+def _ranges_rows(conn: Conn) -> float:
+    """The planner's row count of kb_document_ranges (-1: never analyzed)."""
+    row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'kb_document_ranges'::regclass"
+                       ).fetchone()
+    return float(row["reltuples"]) if row else -1.0
 
 
 def record_touched_intake(
@@ -228,12 +316,15 @@ def record_touched_intake(
         " AND v.content_hash = t.content_hash)"
         " UNION SELECT %(kb)s, %(version)s, v.doc_id FROM kb_version_documents v"
         " WHERE v.kb_id = %(kb)s AND v.version = %(base)s"
-        " AND NOT EXISTS (SELECT 1 FROM tmp_intake t WHERE t.doc_id = v.doc_id)", params)
+        " AND NOT EXISTS (SELECT 1 FROM tmp_scan s WHERE s.doc_id = v.doc_id)", params)
     if base is None:
         conn.execute(sql.SQL(
             "INSERT INTO kb_build_docs (kb_id, version, doc_id) SELECT DISTINCT %(kb)s,"
             " %(version)s, o.doc_id FROM {} o WHERE o.valid_to IS NULL ON CONFLICT DO NOTHING"
         ).format(sql.Identifier(table)), params)
+    # Fresh statistics: taken for the one row they were when the table was last
+    # analyzed, 1,000 touched ids made later anti-joins nested loops (2.2 s at 50k).
+    conn.execute("ANALYZE kb_build_docs")
     row = conn.execute("SELECT count(*) AS n FROM kb_build_docs WHERE kb_id = %s AND version = %s",
                        (kb_id, version)).fetchone()
     return int(row["n"]) if row else 0

@@ -101,3 +101,36 @@ def test_unreachable_database_error_hides_the_password(tmp_path: Path) -> None:
 def test_redact_url() -> None:
     assert redact_url("postgresql://u:p%40ss@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_whole_manifests_become_ranges_that_give_back_every_version(
+        database_url: str, tmp_path: Path) -> None:
+    migrations = copy_migrations(tmp_path)
+    ranges = migrations / "0020_store_manifests_as_ranges.sql"
+    held = ranges.read_text("utf-8")
+    ranges.unlink()
+    for later in sorted(migrations.glob("002*.sql")):  # only what came before ranges
+        later.unlink()
+    manifests = {1: {"a": "h1", "b": "h1"}, 2: {"a": "h1", "b": "h2", "c": "h1"},
+                 4: {"a": "h1", "c": "h1"}, 5: {"a": "h1", "b": "h1", "c": "h1"}}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn, migrations)
+        kb = conn.execute("INSERT INTO kb (name) VALUES ('kb') RETURNING id").fetchone()[0]
+        fp = conn.execute("INSERT INTO kb_fingerprints (kb_id, fp_key, spec, dims, table_name)"
+                          " VALUES (%s, 'k', '{}', 4, 't') RETURNING id", (kb,)).fetchone()[0]
+        for version in range(1, 6):  # v3 failed before its manifest was written
+            conn.execute("INSERT INTO kb_versions (kb_id, version, fingerprint_id, status,"
+                         " dataset_tag, source) VALUES (%s, %s, %s, 'live', 't', 's')",
+                         (kb, version, fp))
+            for doc, digest in manifests.get(version, {}).items():
+                conn.execute("INSERT INTO kb_version_documents VALUES (%s, %s, %s, %s)",
+                             (kb, version, doc, digest))
+        ranges.write_text(held, "utf-8")
+        assert apply_migrations(conn, migrations) == [ranges.name]
+        got = {v: dict(conn.execute(
+            "SELECT doc_id, content_hash FROM kb_version_documents WHERE kb_id = %s AND version = %s",
+            (kb, v)).fetchall()) for v in manifests}
+        stored = conn.execute("SELECT count(*) FROM kb_document_ranges").fetchone()[0]
+    assert got == manifests
+    # a:h1 [1,-), b:h1 [1,2) and [5,-), b:h2 [2,4), c:h1 [2,-): 5 rows for 11 manifest rows.
+    assert stored == 5

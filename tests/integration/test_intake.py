@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,32 @@ def test_a_change_with_the_mtime_preserved_is_seen(settings: Settings, corpus: P
     assert live_rows(settings, report.version) == chunk_hashes(corpus)
 
 
+def test_settled_files_are_not_opened_until_their_stat_changes(
+        settings: Settings, corpus: Path) -> None:
+    run(settings, corpus)
+    time.sleep(1.1)  # written under a second before the first walk: not settled, read again
+    second = run(settings, corpus)
+    assert version_counts(settings, second.version)["files_opened"] == 12
+    third = run(settings, corpus)
+    assert (third.documents, third.documents_skipped) == (12, 12)
+    assert version_counts(settings, third.version)["files_opened"] == 0
+
+    # Same size, mtime put back (as a restore would): the ctime moved, so it is read.
+    path = corpus / "general/doc-000.md"
+    before = os.stat(path)
+    text = path.read_text("utf-8")
+    path.write_text(text.replace("Topic 0", "Topic X", 1), "utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    changed = run(settings, corpus)
+    assert (changed.documents_parsed, changed.documents_changed) == (1, 1)
+    assert version_counts(settings, changed.version)["files_opened"] == 1
+    assert live_rows(settings, changed.version) == chunk_hashes(corpus)
+    every = run(settings.model_copy(update={"read_every_file": True}), corpus)
+    assert version_counts(settings, every.version)["files_opened"] == 12
+    assert every.documents_parsed == 0
+
+
 def test_touching_a_file_without_a_date_moves_its_date_not_its_content(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -154,10 +181,15 @@ def test_close_intake_counts_the_source_and_names_kept_documents_without_a_title
                 " source_key) VALUES (%s, %s, %s, %s, 'general', 'h', 'k')",
                 (kb_id, doc_id, f"file:///{doc_id}", title))
         store.open_intake(conn)
+        listed = [(d, f"{d}.md", f"file:///{d}", False, "sig") for d in
+                  ("a", "blank", "parsed-blank", "failed")]
+        assert store.copy_scan(conn, listed) == 4
         parsed = {"doc_id": "parsed-blank", "uri": "file:///parsed-blank", "title": "",
                   "category": "general", "metadata": {}, "content_hash": "h2",
-                  "modified_at": None, "source_key": "k2", "mtime_dated": False}
-        store.copy_intake(conn, kb_id, [parsed], [("a", "k", None), ("blank", "k", None)])
+                  "modified_at": None, "source_key": "k2", "mtime_dated": False,
+                  "stat_sig": None}
+        # "a" was read and kept, "blank" kept unread, "failed" did not parse.
+        store.copy_intake(conn, kb_id, [parsed], [("a", "k", None, "sig")], ["failed.md"])
         closed = store.close_intake(conn, kb_id)
         conn.rollback()
     # Only kept documents are named here: parsed ones were checked as they were parsed.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh.build.sources import load_source
@@ -144,3 +145,31 @@ def test_status_column_takes_every_enum_value_and_nothing_else(
         conn.rollback()
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE kb_versions SET status = 'shiny' WHERE kb_id = %s", (kb_id,))
+
+
+def test_manifests_written_as_ranges_stay_exact_for_every_version(settings: Settings) -> None:
+    wanted = {1: {"a": "1", "b": "1"}, 2: {"a": "1", "c": "1"}, 3: {"a": "2", "b": "1"},
+              4: {}, 5: {"b": "1", "d": "1"}}
+    with connect(settings) as conn:
+        kb_id = store.ensure_kb(conn, "kb")
+        fp = conn.execute("INSERT INTO kb_fingerprints (kb_id, fp_key, spec, dims, table_name)"
+                          " VALUES (%s, 'k', '{}', 4, 't') RETURNING id", (kb_id,)).fetchone()
+        conn.execute("CREATE TEMP TABLE m (doc_id text, content_hash text)")
+        for version, manifest in wanted.items():
+            conn.execute("INSERT INTO kb_versions (kb_id, version, fingerprint_id, status,"
+                         " dataset_tag, source) VALUES (%s, %s, %s, 'live', 't', 's')",
+                         (kb_id, version, fp["id"]))
+            # v2 is written twice (a retried step): the first write must leave no trace.
+            for rows in ([{"a": "1", "b": "2", "c": "1"}] if version == 2 else []) + [manifest]:
+                conn.execute("TRUNCATE m")
+                for doc, digest in rows.items():
+                    conn.execute("INSERT INTO m VALUES (%s, %s)", (doc, digest))
+                store.write_manifest(conn, kb_id, version,
+                                     sql.SQL("SELECT doc_id, content_hash FROM m"))
+        got = {v: store.version_manifest(conn, kb_id, v) for v in wanted}
+        sizes = {v: store.manifest_size(conn, kb_id, v) for v in wanted}
+        rows = conn.execute("SELECT count(*) AS n FROM kb_document_ranges").fetchone()
+        conn.rollback()
+    assert got == wanted and sizes == {v: len(m) for v, m in wanted.items()}
+    # a:1 [1,3) a:2 [3,4) b:1 [1,2) [3,4) [5,-) c:1 [2,3) d:1 [5,-)
+    assert rows is not None and rows["n"] == 7

@@ -23,6 +23,7 @@ BAD_SETTINGS = [
     ("TRACKING", "maybe", "expected true or false"),
     ("SOURCE_BATCH_SIZE", "0", "expected an integer from 1 to 100000"),
     ("REPARSE_SOURCES", "perhaps", "expected true or false"),
+    ("READ_EVERY_FILE", "sometimes", "expected true or false"),
     ("MAINTENANCE_WORK_MEM", "lots", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("MAINTENANCE_WORK_MEM", "100GB", "expected a PostgreSQL memory size from 1MB to 64GB"),
     ("MAINTENANCE_WORK_MEM", "512kB", "expected a PostgreSQL memory size from 1MB to 64GB"),

@@ -95,6 +95,7 @@ def test_yaml_without_aliases_loads_fast_or_strict_alike() -> None:
 def test_reader_refuses_each_bad_file_once_and_reads_the_rest(tmp_path: Path) -> None:
     import os
 
+    from kbrefresh.build.sources import LoadProblem
     from kbrefresh.build.sources.directory import DirectoryReader
 
     root = tmp_path / "src"
@@ -113,8 +114,10 @@ def test_reader_refuses_each_bad_file_once_and_reads_the_rest(tmp_path: Path) ->
     (root / "locked").chmod(0)
     try:
         reader = DirectoryReader(root)
-        read = [f.doc_id for f in reader.files()]
-        problems = {p.path: p.reason for p in reader.take_problems()}
+        got = [reader.read(entry) for entry in reader.entries()]
+        read = [f.doc_id for f in got if not isinstance(f, LoadProblem)]
+        problems = {p.path: p.reason for p in reader.take_problems()
+                    + [f for f in got if isinstance(f, LoadProblem)]}
     finally:
         (root / "locked").chmod(0o755)
     assert read == ["a", "in", "z", "b/x", "b/c/deep"] + (["locked/l"] if os.geteuid() == 0 else [])

@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_from_bytes
 
 import yaml
@@ -65,38 +66,71 @@ def _markdown() -> MarkdownIt:
     return parser
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    """One supported file's bytes, read once; ``parse_file`` turns it into a document."""
+class SourceEntry(NamedTuple):
+    """One supported file as listed and stat'ed, not read (a tuple: made per file per refresh)."""
 
     path: str
     rel: str  # relative to the root, with "/" separators
     doc_id: str
     uri: str
     fmt: str
+    link: bool  # a symbolic link (checked to stay under the root), read through
+    signature: str  # file_signature of its stat
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One supported file's bytes, read once; ``parse_file`` turns it into a document."""
+
+    path: str
+    rel: str
+    doc_id: str
+    uri: str
+    fmt: str
     raw: bytes
     mtime_ns: int
+    # file_signature of the stat taken as it was read, None unless it had settled (see
+    # DirectoryReader): only a settled signature may stand in for the bytes next time.
+    settled_signature: str | None = None
 
     @property
     def modified_at(self) -> datetime:
         return datetime.fromtimestamp(self.mtime_ns / 1e9, tz=UTC)
 
 
+def file_signature(info: os.stat_result) -> str:
+    """Inode, size, mtime and ctime, as git's index keeps them to skip unchanged files:
+    a write, a replacement (``cp -p`` keeps the mtime, not the inode or ctime), chmod or
+    rename all move the ctime, which no user call can set back."""
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+
+
+# A file changed less than this before the walk began may change again within the same
+# timestamp tick unseen (git's "racily clean" files): its signature is not kept.
+SETTLE_NS = 1_000_000_000
+
+
 class DirectoryReader:
-    """Walk ``root`` once, yielding each supported file's bytes; unreadable ones become problems."""
+    """Walk ``root`` once; list each supported file with its stat, or read its bytes.
+
+    Files that cannot be listed or read become problems (``take_problems``).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[LoadProblem] = []
         self.skipped = 0
+        self.settled_before_ns = time.time_ns() - SETTLE_NS
 
-    def files(self) -> Iterator[SourceFile]:
+    def entries(self) -> Iterator[SourceEntry]:
+        """Yield every supported file with its stat signature, opening none."""
         # Plain strings, not pathlib: this loop runs for every file of every refresh.
         # The uri is what Path.absolute().as_uri() gives, without a Path per file.
         base = str(self.root.absolute())
         base_uri = "file://" + quote_from_bytes(os.fsencode(base))
         for dirpath, name, symlink in _walk(base, self.problems):
-            suffix = os.path.splitext(name)[1]
+            dot = name.rfind(".")
+            suffix = name[dot:] if dot > 0 else ""  # as os.path.splitext, for one name
             fmt = FORMATS_BY_SUFFIX.get(suffix.lower())
             if fmt is None:
                 self.skipped += 1
@@ -106,20 +140,30 @@ class DirectoryReader:
             path = os.path.join(dirpath, name)
             doc_id = rel[: len(rel) - len(suffix)]
             # Refused before anything is read: see kbrefresh.build.sources.guards. A symbolic
-            # link is resolved and checked first; any other file is opened without following
-            # links (one swapped in since the listing fails with ELOOP) and sized by fstat.
+            # link is resolved and checked first.
             reason = (file_reason(Path(base), Path(path)) if symlink else None) or doc_id_reason(doc_id)
             if reason is not None:
                 self.problems.append(LoadProblem(path=rel, reason=reason))
                 continue
             try:
-                raw, mtime_ns = _read(path, follow=symlink)
-            except _Problem as exc:
-                self.problems.append(LoadProblem(path=rel, reason=str(exc)))
+                info = os.stat(path, follow_symlinks=symlink)
+            except OSError as exc:
+                self.problems.append(LoadProblem(path=rel, reason=f"cannot be read: {exc.strerror}"))
                 continue
-            yield SourceFile(path, rel, doc_id,
-                             base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, raw,
-                             mtime_ns)
+            yield SourceEntry(path, rel, doc_id,
+                              base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, symlink,
+                              file_signature(info))
+
+    def read(self, entry: SourceEntry) -> SourceFile | LoadProblem:
+        """Read one listed file: opened without following links unless it is a checked
+        link (one swapped in since the listing fails with ELOOP), sized by fstat."""
+        try:
+            raw, info = _read(entry.path, follow=entry.link)
+        except _Problem as exc:
+            return LoadProblem(path=entry.rel, reason=str(exc))
+        settled = max(info.st_mtime_ns, info.st_ctime_ns) < self.settled_before_ns
+        return SourceFile(entry.path, entry.rel, entry.doc_id, entry.uri, entry.fmt, raw,
+                          info.st_mtime_ns, file_signature(info) if settled else None)
 
     def take_problems(self) -> list[LoadProblem]:
         """Return the problems found since the last call."""
@@ -140,8 +184,9 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
     documents: list[Document] = []
     problems: list[LoadProblem] = []
     reader = DirectoryReader(root)
-    for file in reader.files():
-        parsed = parse_file(file)
+    for entry in reader.entries():
+        file = reader.read(entry)
+        parsed = file if isinstance(file, LoadProblem) else parse_file(file)
         if isinstance(parsed, LoadProblem):
             problems.append(parsed)
         else:
@@ -164,8 +209,8 @@ def load_directory(root: Path, *, source: str) -> LoadResult:
     )
 
 
-def _read(path: str, *, follow: bool) -> tuple[bytes, int]:
-    """Return a file's bytes and mtime; refuse one over ``MAX_DOCUMENT_BYTES`` before reading."""
+def _read(path: str, *, follow: bool) -> tuple[bytes, os.stat_result]:
+    """Return a file's bytes and stat; refuse one over ``MAX_DOCUMENT_BYTES`` before reading."""
     # Non-blocking, so a FIFO named like a document cannot hang the refresh.
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
@@ -183,7 +228,7 @@ def _read(path: str, *, follow: bool) -> tuple[bytes, int]:
             raise _Problem(f"is {info.st_size} bytes; expected at most {MAX_DOCUMENT_BYTES} "
                            "bytes per document (split it into smaller files)")
         try:
-            return handle.read(), info.st_mtime_ns
+            return handle.read(), info
         except OSError as exc:
             raise _Problem(f"cannot be read: {exc.strerror or exc}") from exc
 
