@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -100,16 +100,28 @@ def auto_golden(conn: store.Conn, kb_id: int, versions: Sequence[int]) -> list[G
     return [GoldenQuery(r["title"], (r["doc_id"],), "all", AUTO_SET) for r in rows]
 
 
-def version_size_bytes(conn: store.Conn, table: str, version: int) -> int:
-    """Table + index size attributed to ``version`` by its share of the table's rows."""
-    row = conn.execute(
-        sql.SQL("SELECT count(*) AS total, count(*) FILTER (WHERE ")
-        + store.in_version() + sql.SQL(") AS rows FROM {} c").format(sql.Identifier(table)),
-        {"version": version},
-    ).fetchone()
-    if row is None or not row["total"]:
-        return 0
-    return int(store.table_size_bytes(conn, table) * row["rows"] / row["total"])
+def version_sizes(conn: store.Conn, tables: Mapping[int, str]) -> dict[int, int]:
+    """Table + index size attributed to each version by its share of its table's rows.
+
+    Versions sharing a table are counted in one scan of it.
+    """
+    sizes: dict[int, int] = {}
+    for table in sorted(set(tables.values())):
+        versions = sorted(v for v, t in tables.items() if t == table)
+        row = conn.execute(
+            sql.SQL("SELECT count(*) AS total, {} FROM {} c").format(
+                sql.SQL(", ").join(
+                    sql.SQL("count(*) FILTER (WHERE c.valid_from <= {v} AND (c.valid_to IS NULL"
+                            " OR c.valid_to > {v})) AS {name}").format(
+                        v=sql.Literal(v), name=sql.Identifier(f"v{v}"))
+                    for v in versions),
+                sql.Identifier(table)),
+        ).fetchone()
+        total = int(row["total"]) if row else 0
+        size = store.table_size_bytes(conn, table) if total else 0
+        for v in versions:
+            sizes[v] = int(size * row[f"v{v}"] / total) if row and total else 0
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -191,14 +203,15 @@ def evaluate(
     tables_out = {v: aggregate([r if i in timed else replace(r, latency_ms=math.nan) for i, r in
                                 enumerate(results[v])], k=policy.k, ndcg_k=policy.ndcg_k)
                   for v in targets}
+    sizes = version_sizes(conn, {v: tables[v].table for v in targets})
     failures = smoke_failures(results[candidate]) + [
         f"duplicated chunk ids in the results of {q!r}" for q in duplicated[:5]
     ]
     return Evaluation(
         candidate=tables_out[candidate],
         live=tables_out.get(live) if live is not None else None,
-        candidate_size=version_size_bytes(conn, tables[candidate].table, candidate),
-        live_size=version_size_bytes(conn, tables[live].table, live) if live is not None else None,
+        candidate_size=sizes[candidate],
+        live_size=sizes[live] if live is not None else None,
         smoke_failures=tuple(failures),
         golden=golden,
         n_queries=len(queries),

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
-from psycopg import sql
 
 from kbrefresh import store
 from kbrefresh._faults import fault_point
@@ -200,7 +199,11 @@ def finalize_version(
             conn, fp, ticket.version, delta_exact_rows=settings.delta_exact_rows,
             maintenance_work_mem=settings.maintenance_work_mem,
             workers=_index_workers(conn, settings))
-        analyzed = _analyze_if_changed(conn, ticket.table, _rows_written(counts))
+        # Every column: with the vector column left out, the planner chose other scans for
+        # the demo's small tables and a canary's similarity rate got worse (measured).
+        # Skipped after a small change to a large table (0.46 s at 51,500 rows).
+        analyzed = store.analyze_if_stale(conn, ticket.table, _rows_written(counts),
+                                          always_below=ANALYZE_ALWAYS_BELOW)
         stats = store.version_stats(conn, ticket.table, ticket.version)
         previous = dict(store.version_row(conn, ticket.kb_id, ticket.version).counts)
         all_counts = (previous | counts | stats | placed.as_counts()
@@ -210,31 +213,13 @@ def finalize_version(
     return all_counts
 
 
-# A table is analyzed again after a build that wrote or closed more than this share of its
-# rows (autovacuum's own default, autovacuum_analyze_scale_factor), or when it is small.
-# Analyzing 51,500 rows of 1536-d vectors took 0.46 s, most of a 1.5 % refresh's finalize.
-ANALYZE_SHARE = 0.1
+# Chunk tables smaller than this are analyzed after every build (it costs little).
 ANALYZE_ALWAYS_BELOW = 10_000
 
 
 def _rows_written(counts: dict[str, Any]) -> int:
     return int(counts.get("embedded", 0)) + int(counts.get("copied", 0)) + int(
         counts.get("removed", 0))
-
-
-def _analyze_if_changed(conn: store.Conn, table: str, written: int) -> bool:
-    """ANALYZE ``table`` (every column) unless it is large and this build changed little of it.
-
-    Every column: with the vector column left out, the planner chose other scans for the
-    demo's small tables and a canary's similarity rate got worse (measured).
-    """
-    row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = quote_ident(%s)::regclass",
-                       (table,)).fetchone()
-    rows = float(row["reltuples"]) if row else -1.0
-    if 0 <= rows and rows >= ANALYZE_ALWAYS_BELOW and written <= ANALYZE_SHARE * rows:
-        return False
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-    return True
 
 
 def _index_workers(conn: store.Conn, settings: Settings) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from psycopg import sql
 
 from kbrefresh.store.rows import Conn
+from kbrefresh.store.tables import analyze_if_stale
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _INTAKE_COLUMNS[1:])
     # Only rows that differ are written (``last_seen``: when the row last changed); writing
     # all of them cost a new tuple per document per refresh.
-    conn.execute(sql.SQL(
+    upserted = conn.execute(sql.SQL(
         "INSERT INTO kb_documents (kb_id, {c}) SELECT kb_id, {c} FROM tmp_intake"
         " ON CONFLICT (kb_id, doc_id) DO UPDATE SET {u}, last_seen = now(), deleted_at = NULL"
         " WHERE kb_documents.deleted_at IS NOT NULL OR ({old}) IS DISTINCT FROM ({new})"
@@ -244,7 +245,8 @@ def record_intake(conn: Conn, kb_id: int, version: int) -> DocumentChanges:
              old=sql.SQL(", ").join(sql.SQL("kb_documents.{}").format(sql.Identifier(c))
                                     for c in _INTAKE_COLUMNS[1:]),
              new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c))
-                                    for c in _INTAKE_COLUMNS[1:])))
+                                    for c in _INTAKE_COLUMNS[1:]))).rowcount
+    analyze_if_stale(conn, "kb_documents", upserted)  # a new KB's rows: all of them
     conn.execute(
         "UPDATE kb_documents d SET source_key = k.source_key, stat_sig = k.stat_sig,"
         " modified_at = coalesce(k.modified_at, d.modified_at), last_seen = now()"
@@ -270,8 +272,7 @@ def write_manifest(conn: Conn, kb_id: int, version: int, rows: sql.Composable) -
     the writes follow the change while the comparison reads the manifest once.
     """
     params = {"kb": kb_id, "v": version}
-    if _ranges_rows(conn) < 0:  # never analyzed: see the migration that created the table
-        conn.execute("ANALYZE kb_document_ranges")
+    analyze_if_stale(conn, "kb_document_ranges", 0)  # never analyzed: see migration 0020
     conn.execute("DELETE FROM kb_document_ranges WHERE kb_id = %(kb)s AND valid_from = %(v)s",
                  params)
     conn.execute("UPDATE kb_document_ranges SET valid_to = NULL WHERE kb_id = %(kb)s"
@@ -286,17 +287,7 @@ def write_manifest(conn: Conn, kb_id: int, version: int, rows: sql.Composable) -
         " SELECT %(kb)s, m.doc_id, m.content_hash, %(v)s FROM ({rows}) m WHERE NOT EXISTS"
         " (SELECT 1 FROM kb_document_ranges r WHERE r.kb_id = %(kb)s AND r.valid_to IS NULL"
         " AND r.doc_id = m.doc_id)").format(rows=rows), params).rowcount
-    # A first build's manifest is most of the table: planned from the statistics of an
-    # empty table, the anti-joins against it become nested loops (one took 198 s).
-    if written > 0.1 * _ranges_rows(conn):
-        conn.execute("ANALYZE kb_document_ranges")
-
-
-def _ranges_rows(conn: Conn) -> float:
-    """The planner's row count of kb_document_ranges (-1: never analyzed)."""
-    row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'kb_document_ranges'::regclass"
-                       ).fetchone()
-    return float(row["reltuples"]) if row else -1.0
+    analyze_if_stale(conn, "kb_document_ranges", written)
 
 
 def record_touched_intake(

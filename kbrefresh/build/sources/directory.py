@@ -128,6 +128,7 @@ class DirectoryReader:
         # The uri is what Path.absolute().as_uri() gives, without a Path per file.
         base = str(self.root.absolute())
         base_uri = "file://" + quote_from_bytes(os.fsencode(base))
+        folder, rel_dir, uri_dir = "", "", ""  # computed once per folder
         for dirpath, name, symlink in _walk(base, self.problems):
             dot = name.rfind(".")
             suffix = name[dot:] if dot > 0 else ""  # as os.path.splitext, for one name
@@ -135,8 +136,11 @@ class DirectoryReader:
             if fmt is None:
                 self.skipped += 1
                 continue
-            rel_dir = dirpath[len(base) + 1:].replace(os.sep, "/")
-            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if dirpath != folder:
+                folder, rel_dir = dirpath, dirpath[len(base) + 1:].replace(os.sep, "/") + "/"
+                rel_dir = "" if rel_dir == "/" else rel_dir
+                uri_dir = base_uri + "/" + quote_from_bytes(os.fsencode(rel_dir))
+            rel = rel_dir + name
             path = os.path.join(dirpath, name)
             doc_id = rel[: len(rel) - len(suffix)]
             # Refused before anything is read: see kbrefresh.build.sources.guards. A symbolic
@@ -150,9 +154,8 @@ class DirectoryReader:
             except OSError as exc:
                 self.problems.append(LoadProblem(path=rel, reason=f"cannot be read: {exc.strerror}"))
                 continue
-            yield SourceEntry(path, rel, doc_id,
-                              base_uri + "/" + quote_from_bytes(os.fsencode(rel)), fmt, symlink,
-                              file_signature(info))
+            yield SourceEntry(path, rel, doc_id, uri_dir + quote_from_bytes(os.fsencode(name)),
+                              fmt, symlink, file_signature(info))
 
     def read(self, entry: SourceEntry) -> SourceFile | LoadProblem:
         """Read one listed file: opened without following links unless it is a checked
