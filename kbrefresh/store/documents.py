@@ -282,11 +282,19 @@ def write_manifest(conn: Conn, kb_id: int, version: int, rows: sql.Composable) -
         " AND r.valid_to IS NULL AND NOT EXISTS (SELECT 1 FROM ({rows}) m"
         " WHERE m.doc_id = r.doc_id AND m.content_hash = r.content_hash)").format(rows=rows),
         params)
-    written = conn.execute(sql.SQL(
+    # Found first, inserted second: an INSERT whose NOT EXISTS reads the table it writes
+    # was planned (for an empty table) as a nested loop rescanning the growing heap per
+    # row, 18.9 s for a first build of 50,000 documents.
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_manifest_opened (doc_id text NOT NULL,"
+                 " content_hash text NOT NULL) ON COMMIT DROP")
+    conn.execute("TRUNCATE tmp_manifest_opened")
+    conn.execute(sql.SQL(
+        "INSERT INTO tmp_manifest_opened SELECT m.doc_id, m.content_hash FROM ({rows}) m"
+        " WHERE NOT EXISTS (SELECT 1 FROM kb_document_ranges r WHERE r.kb_id = %(kb)s"
+        " AND r.valid_to IS NULL AND r.doc_id = m.doc_id)").format(rows=rows), params)
+    written = conn.execute(
         "INSERT INTO kb_document_ranges (kb_id, doc_id, content_hash, valid_from)"
-        " SELECT %(kb)s, m.doc_id, m.content_hash, %(v)s FROM ({rows}) m WHERE NOT EXISTS"
-        " (SELECT 1 FROM kb_document_ranges r WHERE r.kb_id = %(kb)s AND r.valid_to IS NULL"
-        " AND r.doc_id = m.doc_id)").format(rows=rows), params).rowcount
+        " SELECT %(kb)s, doc_id, content_hash, %(v)s FROM tmp_manifest_opened", params).rowcount
     analyze_if_stale(conn, "kb_document_ranges", written)
 
 
