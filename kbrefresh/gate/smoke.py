@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
@@ -23,6 +23,8 @@ class SmokeCheck:
 @dataclass(frozen=True)
 class SmokeResult:
     checks: tuple[SmokeCheck, ...]
+    # The version's rows as counted by the checks: ``chunks`` and ``documents``.
+    stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -81,7 +83,7 @@ def smoke_check(
         SmokeCheck("finite_embeddings", bad["non_finite"] == 0, f"{bad['non_finite']} zero/non-finite")
     )
     checks.append(_sample_queries(conn, kb_id, version, fp, embedder, sample))
-    return SmokeResult(tuple(checks))
+    return SmokeResult(tuple(checks), stats)
 
 
 def _sample_queries(

@@ -173,3 +173,23 @@ def test_manifests_written_as_ranges_stay_exact_for_every_version(settings: Sett
     assert got == wanted and sizes == {v: len(m) for v, m in wanted.items()}
     # a:1 [1,3) a:2 [3,4) b:1 [1,2) [3,4) [5,-) c:1 [2,3) d:1 [5,-)
     assert rows is not None and rows["n"] == 7
+
+
+def test_statistics_are_refreshed_only_after_a_large_write(settings: Settings) -> None:
+    def estimated(conn: store.Conn) -> float:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'stats_probe'").fetchone()
+        assert row is not None
+        return float(row["reltuples"])
+
+    with connect(settings, autocommit=True) as conn:
+        conn.execute("CREATE TABLE stats_probe (n int)")
+        conn.execute("INSERT INTO stats_probe SELECT generate_series(1, 1000)")
+        assert store.analyze_if_stale(conn, "stats_probe", 1000)  # never analyzed
+        assert estimated(conn) == 1000
+        conn.execute("INSERT INTO stats_probe SELECT generate_series(1, 100)")
+        assert not store.analyze_if_stale(conn, "stats_probe", 100)  # 10 %: still fresh
+        assert estimated(conn) == 1000
+        conn.execute("INSERT INTO stats_probe SELECT generate_series(1, 101)")
+        assert store.analyze_if_stale(conn, "stats_probe", 101)
+        assert estimated(conn) == 1201
+        assert store.analyze_if_stale(conn, "stats_probe", 0, always_below=10_000)  # small
