@@ -111,10 +111,8 @@ SETTLE_NS = 1_000_000_000
 
 
 class DirectoryReader:
-    """Walk ``root`` once; list each supported file with its stat, or read its bytes.
-
-    Files that cannot be listed or read become problems (``take_problems``).
-    """
+    """List each supported file under ``root`` with its stat, or read its bytes; files that
+    cannot be listed become problems (``take_problems``), unreadable ones are returned as such."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -143,9 +141,9 @@ class DirectoryReader:
             rel = rel_dir + name
             path = os.path.join(dirpath, name)
             doc_id = rel[: len(rel) - len(suffix)]
-            # Refused before anything is read: see kbrefresh.build.sources.guards. A symbolic
-            # link is resolved and checked first.
-            reason = (file_reason(Path(base), Path(path)) if symlink else None) or doc_id_reason(doc_id)
+            # A symbolic link is resolved and checked before its target is stat'ed (see
+            # kbrefresh.build.sources.guards); ids are checked when a file is read.
+            reason = file_reason(Path(base), Path(path)) if symlink else None
             if reason is not None:
                 self.problems.append(LoadProblem(path=rel, reason=reason))
                 continue
@@ -158,8 +156,12 @@ class DirectoryReader:
                               fmt, symlink, file_signature(info))
 
     def read(self, entry: SourceEntry) -> SourceFile | LoadProblem:
-        """Read one listed file: opened without following links unless it is a checked
-        link (one swapped in since the listing fails with ELOOP), sized by fstat."""
+        """Check the id, then read: no link followed unless it is a checked one (one swapped
+        in since the listing fails with ELOOP); sized by fstat. An unchanged file is not
+        read: its id was checked when it was (a new loader version changes every signature)."""
+        reason = doc_id_reason(entry.doc_id)
+        if reason is not None:
+            return LoadProblem(path=entry.rel, reason=reason)
         try:
             raw, info = _read(entry.path, follow=entry.link)
         except _Problem as exc:
@@ -238,11 +240,9 @@ def _read(path: str, *, follow: bool) -> tuple[bytes, os.stat_result]:
 
 def _walk(root: str, problems: list[LoadProblem], folder: str | None = None
           ) -> Iterator[tuple[str, str, bool]]:
-    """Yield (folder, file name, is a symbolic link) in sorted order, hidden entries skipped.
-
-    As ``os.walk`` (links to folders are not followed), but from ``scandir`` entries, so
-    whether a file is a link costs no system call.
-    """
+    """Yield (folder, file name, is a symbolic link) in sorted order, hidden entries skipped:
+    ``os.walk`` (links to folders not followed) from ``scandir`` entries, so whether a file
+    is a link costs no system call."""
     folder = folder or root
     try:
         with os.scandir(folder) as listing:
