@@ -71,7 +71,7 @@ def test_canary_demo_promotes_one_candidate_and_aborts_the_damaged_one(
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "rollout #1: canary of v2 against live v1: steps 5%, 50%, 100%" in out
-    assert "-> advance: step 1/3 at 5%: every check passed" in out
-    assert "v2: promoted" in out
+    assert "-> advance: step 1/3 at 5%: every check passed" in out, result.output
+    assert "v2: promoted" in out, result.output
     assert "rollout #2: canary of v3 against live v2" in out
     assert "-> abort: error_rate: 100.0% of" in out and "v3: aborted" in out
