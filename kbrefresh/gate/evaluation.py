@@ -9,7 +9,6 @@ other queries, whose timings nothing compares, are split over two connections
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from kbrefresh.db import connect
 from kbrefresh.embedders import embedder_for_spec
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.golden import GoldenQuery, load_golden_file, unknown_doc_ids
+from kbrefresh.gate.latency import confirm_latency, side_by_side_only
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.reuse import store_results, stored_results, timed_queries
@@ -138,6 +138,7 @@ class Evaluation:
     candidate_results: tuple[QueryResult, ...] = field(default=(), repr=False)
     live_results: tuple[QueryResult, ...] | None = field(default=None, repr=False)
     live_reused: int = 0
+    latency_rounds: int = 1  # side-by-side timing rounds (more when a latency rule failed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +150,7 @@ class Evaluation:
             "golden": self.golden,
             "n_queries": self.n_queries,
             "live_reused": self.live_reused,
+            "latency_rounds": self.latency_rounds,
         }
 
 
@@ -188,8 +190,8 @@ def evaluate(
              for v in targets for expand in [query_expander(conn, kb_id, v)]}
     reused = (stored_results(conn, kb_id, live, queries, texts[live], depth, adapters[live])
               if live is not None else {})
-    results, duplicated = _measure(settings, conn, queries, texts, tables, adapters, depth,
-                                   candidate, live, reused)
+    results, duplicated, timed_vectors = _measure(settings, conn, queries, texts, tables,
+                                                  adapters, depth, candidate, live, reused)
     if reused:
         logger.info("reused live v%s's results on %d of %d golden queries", live, len(reused),
                     len(queries))
@@ -199,10 +201,13 @@ def evaluate(
         store_results(conn, kb_id, live, [results[live][i] for i in fresh],
                       [texts[live][i] for i in fresh], depth, adapters[live])
     conn.commit()
-    timed = set(timed_queries(len(queries), reused))  # latency: side-by-side timings only
-    tables_out = {v: aggregate([r if i in timed else replace(r, latency_ms=math.nan) for i, r in
-                                enumerate(results[v])], k=policy.k, ndcg_k=policy.ndcg_k)
-                  for v in targets}
+    timed = timed_queries(len(queries), reused)  # latency: side-by-side timings only
+    if live is not None:
+        judged, rounds = confirm_latency(settings, conn, policy, queries, results, timed,
+                                         timed_vectors, {v: tables[v] for v in targets}, depth)
+    else:
+        judged, rounds = {candidate: side_by_side_only(results[candidate], timed)}, 1
+    tables_out = {v: aggregate(judged[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}
     sizes = version_sizes(conn, {v: tables[v].table for v in targets})
     failures = smoke_failures(results[candidate]) + [
         f"duplicated chunk ids in the results of {q!r}" for q in duplicated[:5]
@@ -218,8 +223,9 @@ def evaluate(
         live_reused=len(reused),
         stale_queries=tuple(q.query for q in stale),
         coverage_gained=tuple(q.query for q in gained),
-        candidate_results=tuple(results[candidate]),
-        live_results=tuple(results[live]) if live is not None else None,
+        candidate_results=tuple(judged[candidate]),
+        live_results=tuple(judged[live]) if live is not None else None,
+        latency_rounds=rounds,
     )
 
 
@@ -270,10 +276,11 @@ def _measure(
     candidate: int,
     live: int | None,
     reused: dict[int, QueryResult],
-) -> tuple[dict[int, list[QueryResult]], list[str]]:
+) -> tuple[dict[int, list[QueryResult]], list[str], dict[int, npt.NDArray[np.float32]]]:
     """Search the candidate on every query, and live in lockstep on ``timed_queries``.
 
-    Returns each version's results in query order and the candidate's duplicated queries."""
+    Returns each version's results in query order, the candidate's duplicated queries
+    and each version's query vectors of the timed queries (in ``timed_queries`` order)."""
     def vectors(v: int, part: Sequence[int]) -> npt.NDArray[np.float32]:
         embedder = embedder_for_spec(settings, tables[v].spec)
         return apply_adapters(embedder.embed([texts[v][i] for i in part]), adapters[v])
@@ -283,6 +290,7 @@ def _measure(
     by_index: dict[int, QueryResult] = {}
     out: dict[int, list[QueryResult]] = {}
     duplicated: list[str] = []
+    timed_vectors: dict[int, npt.NDArray[np.float32]] = {}
     for part, with_live, timed in ((fresh, live is not None, True),
                                    (sorted(set(reused) - set(fresh)), False, False)):
         if not part:
@@ -292,6 +300,7 @@ def _measure(
         if with_live and live is not None:
             run[live] = vectors(live, part)
         if timed:
+            timed_vectors = run
             res, dup = run_side_by_side(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
         else:  # nothing compares these timings: split over connections
             res, dup = run_alone(settings, conn, qs, tables[candidate], candidate,
@@ -305,7 +314,7 @@ def _measure(
     out[candidate] = [by_index[i] for i in range(len(queries))]
     if live is not None:
         out[live] = [reused[i] for i in range(len(queries))]
-    return out, duplicated
+    return out, duplicated, timed_vectors
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -13,8 +15,11 @@ from kbrefresh import store
 from kbrefresh.db import connect
 from kbrefresh.embedders import OfflineEmbedder
 from kbrefresh.gate.evaluation import evaluate, load_golden
+from kbrefresh.gate.latency import LATENCY_ROUNDS
 from kbrefresh.gate.metrics import QueryResult
-from kbrefresh.gate.policy import AcceptancePolicy
+from kbrefresh.gate.policy import AcceptancePolicy, MetricRule
+from kbrefresh.gate.reuse import LATENCY_SAMPLE
+from kbrefresh.gate.verdict import evaluate_gate
 from kbrefresh.refresh.request import RefreshRequest
 from kbrefresh.refresh.sequence import run_refresh
 from kbrefresh.retraining.adapter import QueryAdapter, save_adapter
@@ -141,3 +146,30 @@ def test_a_stored_result_serves_only_its_version_and_adapters(
         again = evaluate(settings, conn, kb_id, 2, 1, policy=SMOKE_ONLY)
         assert again.live_reused == again.n_queries
         assert searched(again.live_results) == searched(moved.live_results)
+
+
+def test_a_failing_latency_rule_is_timed_again_and_a_passing_one_is_not(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    kb_id = two_versions(settings, tmp_path)
+    never = AcceptancePolicy(rules=(MetricRule(metric="latency_p95_ms", upper_bound=0),),
+                             max_slice_disparity=(), max_size_ratio=None)
+    always = never.model_copy(update={"rules": (MetricRule(metric="latency_p95_ms",
+                                                           upper_bound=1e6),)})
+    with connect(settings) as conn, caplog.at_level(logging.INFO, "kbrefresh.gate.latency"):
+        slow = evaluate(settings, conn, kb_id, 2, 1, policy=never)
+        assert slow.latency_rounds == LATENCY_ROUNDS == 3
+        assert caplog.text.count("timing the") == 2  # rounds 2 and 3
+        assert "latency_p95_ms ≤ 0" in caplog.text
+        caplog.clear()
+        fast = evaluate(settings, conn, kb_id, 2, 1, policy=always)
+        assert fast.latency_rounds == 1 and "timing the" not in caplog.text
+    # However many rounds ran, a candidate slower than the bound in every one still fails.
+    verdict = evaluate_gate(slow.candidate_results, slow.live_results, never,
+                            candidate_size_bytes=slow.candidate_size, live_size_bytes=slow.live_size,
+                            smoke_failures=slow.smoke_failures)
+    assert [r.name for r in verdict.failed_rules] == ["latency_p95_ms ≤ 0"]
+    timed = [r.latency_ms for r in slow.candidate_results if math.isfinite(r.latency_ms)]
+    # Every live result was reused: only the fixed sample was searched side by side.
+    assert slow.live_reused == slow.n_queries > LATENCY_SAMPLE == len(timed)
+    assert sum(math.isfinite(r.latency_ms) for r in slow.live_results or ()) == LATENCY_SAMPLE
