@@ -1,7 +1,10 @@
 """Judge a rollout's arms on what users saw: Argo-style checks per step, significance tests for A/B.
 
 A canary step's metrics each come out ``successful``, ``inconclusive`` (too few samples:
-wait, never promote on thin data) or ``failed`` (abort). An A/B compares the arms with
+wait, never promote on thin data) or ``failed`` (abort). A rate above its limit fails
+only when an exact one-sided binomial test says the candidate's rate is above the limit
+at ``alpha``; until then it is inconclusive, so a few dozen searches at 5 % cannot abort
+a good candidate on noise, and more traffic decides. An A/B compares the arms with
 one test per metric: a χ² test on the 2×2 table for proportions (the two-proportion
 z-test squared), Mann–Whitney U for ratings, Welch's t for latency; each result carries
 the effect (candidate − control) and its confidence interval.
@@ -75,6 +78,7 @@ class CanaryLimits:
     max_satisfaction_drop: float
     low_similarity: float
     min_golden_accuracy: float | None
+    alpha: float = 0.05
 
 
 def check_error_rate(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLimits) -> MetricCheck:
@@ -83,10 +87,11 @@ def check_error_rate(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLimits
     if c is None or cand.searches < lim.min_samples:
         return _thin("error_rate", c, b, cand.searches, lim.min_samples)
     limit = min(lim.max_error_rate, (b or 0.0) + lim.max_error_rate_increase)
-    ok = c <= limit
-    return MetricCheck("error_rate", SUCCESSFUL if ok else FAILED, c, b, limit, cand.searches,
+    failed = int(cand.failed.sum())
+    outcome, versus = _rate_outcome(failed, cand.searches, limit, lim.alpha)
+    return MetricCheck("error_rate", outcome, c, b, limit, cand.searches,
                        f"{c:.1%} of {cand.searches} searches failed "
-                       f"({'within' if ok else 'above'} {limit:.1%}; control {_pct(b)})")
+                       f"({versus}; control {_pct(b)})")
 
 
 def check_latency(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLimits) -> MetricCheck:
@@ -110,10 +115,25 @@ def check_low_similarity(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLi
     if c is None or ok_searches < lim.min_samples:
         return _thin("low_similarity_rate", c, b, ok_searches, lim.min_samples)
     limit = (b or 0.0) + lim.max_low_similarity_increase
-    ok = c <= limit
-    return MetricCheck("low_similarity_rate", SUCCESSFUL if ok else FAILED, c, b, limit,
-                       ok_searches, f"{c:.1%} empty or below similarity {lim.low_similarity} "
-                       f"({'within' if ok else 'above'} {limit:.1%}; control {_pct(b)})")
+    outcome, versus = _rate_outcome(round(c * ok_searches), ok_searches, limit, lim.alpha)
+    return MetricCheck("low_similarity_rate", outcome, c, b, limit, ok_searches,
+                       f"{c:.1%} of {ok_searches} empty or below similarity {lim.low_similarity} "
+                       f"({versus}; control {_pct(b)})")
+
+
+def _rate_outcome(hits: int, n: int, limit: float, alpha: float) -> tuple[Outcome, str]:
+    """Judge ``hits`` of ``n`` against a rate ``limit``: within, above by chance, or above.
+
+    Above the limit fails only when the exact one-sided binomial test rejects "the
+    candidate's true rate is at most the limit" at ``alpha``; otherwise more traffic decides.
+    """
+    if hits / n <= limit:
+        return SUCCESSFUL, f"within {limit:.1%}"
+    p_value = float(stats.binomtest(hits, n, min(limit, 1.0), alternative="greater").pvalue)
+    if p_value < alpha:
+        return FAILED, f"above {limit:.1%}, binomial p={p_value:.2g} < {alpha:g}"
+    return INCONCLUSIVE, (f"above {limit:.1%} but not significantly, binomial p={p_value:.2g}"
+                          f" ≥ {alpha:g}: waiting for more traffic")
 
 
 def check_satisfaction(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLimits) -> MetricCheck:

@@ -80,7 +80,7 @@ class RolloutPolicy(BaseModel):
             max_latency_ms=self.max_latency_ms,
             max_low_similarity_increase=self.max_low_similarity_increase,
             max_satisfaction_drop=self.max_satisfaction_drop, low_similarity=self.low_similarity,
-            min_golden_accuracy=self.min_golden_accuracy,
+            min_golden_accuracy=self.min_golden_accuracy, alpha=self.alpha,
         )
 
 

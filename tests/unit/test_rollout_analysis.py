@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -84,16 +86,42 @@ def test_constant_latencies_give_an_exact_answer() -> None:
 @pytest.mark.parametrize(("cand", "outcome", "detail"), [
     (samples(40, failed=20), "inconclusive", "40 searches on the candidate, need 50: waiting for more traffic"),
     (samples(100, failed=1), "successful", "1.0% of 100 searches failed (within 2.0%; control 0.0%)"),
-    (samples(100, failed=3), "failed", "3.0% of 100 searches failed (above 2.0%; control 0.0%)"),
+    (samples(100, failed=3), "inconclusive", ("3.0% of 100 searches failed (above 2.0% but not"
+     " significantly, binomial p=0.32 ≥ 0.05: waiting for more traffic; control 0.0%)")),
+    (samples(100, failed=8), "failed",
+     "8.0% of 100 searches failed (above 2.0%, binomial p=0.00093 < 0.05; control 0.0%)"),
 ])
 def test_error_rate_check(cand: WindowSamples, outcome: str, detail: str) -> None:
     check = an.check_error_rate(cand, samples(100, version=1), LIMITS)
     assert (check.outcome, check.detail) == (outcome, detail)
 
 
+def upper_tail(hits: int, n: int, rate: float) -> float:
+    """P(X ≥ hits) for X ~ Binomial(n, rate), summed term by term."""
+    return sum(math.comb(n, k) * rate**k * (1 - rate) ** (n - k) for k in range(hits, n + 1))
+
+
+def test_a_rate_above_its_limit_fails_only_when_the_binomial_test_says_so() -> None:
+    assert upper_tail(8, 100, 0.02) == pytest.approx(0.000932, abs=1e-6)
+    assert upper_tail(3, 100, 0.02) == pytest.approx(0.3233, abs=1e-4)
+    # The canary demo's good candidate at 5 %: 19 of 33 low-similarity answers against a
+    # 55.1 % limit (control 45.1 % + 10 points) is within chance of the limit; 140 of 200 is not.
+    ctrl = samples(1000, version=1, sim=0.8, empty=451)
+    thin = an.check_low_similarity(samples(33, empty=19), ctrl, replace(LIMITS, min_samples=20))
+    assert thin.outcome == "inconclusive" and thin.limit == pytest.approx(0.551)
+    assert f"p={upper_tail(19, 33, 0.551):.2g}" in thin.detail
+    clear = an.check_low_similarity(samples(200, empty=140), ctrl, LIMITS)
+    assert clear.outcome == "failed" and f"p={upper_tail(140, 200, 0.551):.2g}" in clear.detail
+    strict = an.check_low_similarity(samples(33, empty=19), ctrl, replace(LIMITS, min_samples=20,
+                                                                       alpha=0.5))
+    assert strict.outcome == "failed"  # the policy's alpha decides
+
+
 def test_error_rate_cap_holds_even_when_control_is_bad() -> None:
-    check = an.check_error_rate(samples(100, failed=6), samples(100, failed=10), LIMITS)
+    check = an.check_error_rate(samples(100, failed=12), samples(100, failed=10), LIMITS)
     assert check.outcome == "failed" and check.limit == pytest.approx(0.05)
+    assert an.check_error_rate(samples(100, failed=6), samples(100, failed=10),
+                               LIMITS).outcome == "inconclusive"
 
 
 def test_latency_check_uses_ratio_and_slack() -> None:
