@@ -204,7 +204,8 @@ def evaluate(
     timed = timed_queries(len(queries), reused)  # latency: side-by-side timings only
     if live is not None:
         judged, rounds = confirm_latency(settings, conn, policy, queries, results, timed,
-                                         timed_vectors, {v: tables[v] for v in targets}, depth)
+                                         timed_vectors, {v: tables[v] for v in targets}, depth,
+                                         candidate, live)
     else:
         judged, rounds = {candidate: side_by_side_only(results[candidate], timed)}, 1
     tables_out = {v: aggregate(judged[v], k=policy.k, ndcg_k=policy.ndcg_k) for v in targets}

@@ -80,13 +80,14 @@ def confirm_latency(
     vectors: dict[int, npt.NDArray[np.float32]],
     tables: dict[int, store.FingerprintTable],
     depth: int,
+    candidate: int,
+    live: int,
 ) -> tuple[dict[int, list[QueryResult]], int]:
     """Return the results the verdict judges (side-by-side latencies only) and the rounds run.
 
-    ``results``, ``vectors`` and ``tables`` hold the candidate first, then live;
-    ``vectors`` are the ``timed`` queries' in that order.
+    ``results``, ``vectors`` and ``tables`` are keyed by version; ``vectors`` hold the
+    ``timed`` queries' in that order.
     """
-    candidate, live = list(tables)
     out = {v: side_by_side_only(results[v], timed) for v in (candidate, live)}
     rounds = 1
     while rounds < LATENCY_ROUNDS and timed:

@@ -111,11 +111,12 @@ def check_low_similarity(cand: WindowSamples, ctrl: WindowSamples, lim: CanaryLi
     """Fail when empty or low-similarity answers rise by more than the allowed points."""
     c = cand.low_similarity_rate(lim.low_similarity)
     b = ctrl.low_similarity_rate(lim.low_similarity)
-    ok_searches = int((~cand.failed).sum())
+    ok_searches = cand.answered
     if c is None or ok_searches < lim.min_samples:
         return _thin("low_similarity_rate", c, b, ok_searches, lim.min_samples)
     limit = (b or 0.0) + lim.max_low_similarity_increase
-    outcome, versus = _rate_outcome(round(c * ok_searches), ok_searches, limit, lim.alpha)
+    outcome, versus = _rate_outcome(cand.low_similarity_count(lim.low_similarity),
+                                    ok_searches, limit, lim.alpha)
     return MetricCheck("low_similarity_rate", outcome, c, b, limit, ok_searches,
                        f"{c:.1%} of {ok_searches} empty or below similarity {lim.low_similarity} "
                        f"({versus}; control {_pct(b)})")
@@ -129,7 +130,7 @@ def _rate_outcome(hits: int, n: int, limit: float, alpha: float) -> tuple[Outcom
     """
     if hits / n <= limit:
         return SUCCESSFUL, f"within {limit:.1%}"
-    p_value = float(stats.binomtest(hits, n, min(limit, 1.0), alternative="greater").pvalue)
+    p_value = float(stats.binomtest(hits, n, limit, alternative="greater").pvalue)
     if p_value < alpha:
         return FAILED, f"above {limit:.1%}, binomial p={p_value:.2g} < {alpha:g}"
     return INCONCLUSIVE, (f"above {limit:.1%} but not significantly, binomial p={p_value:.2g}"
@@ -339,9 +340,7 @@ def compare_arms(
 
 
 def _low(s: WindowSamples, cutoff: float) -> tuple[int, int]:
-    ok = int((~s.failed).sum())
-    rate = s.low_similarity_rate(cutoff)
-    return (round((rate or 0.0) * ok), ok)
+    return s.low_similarity_count(cutoff), s.answered
 
 
 def decide_ab(comparisons: Sequence[Comparison], primary: str) -> ABResult:

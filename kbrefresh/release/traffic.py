@@ -49,15 +49,22 @@ class WindowSamples:
 
     @property
     def empty_rate(self) -> float | None:
-        ok = int((~self.failed).sum())
+        ok = self.answered
         return float(self.empty.sum() / ok) if ok else None
+
+    @property
+    def answered(self) -> int:
+        """Searches that did not fail."""
+        return int((~self.failed).sum())
+
+    def low_similarity_count(self, cutoff: float = DEFAULT_LOW_SIMILARITY) -> int:
+        """Successful searches that came back empty or below ``cutoff``."""
+        return int(self.empty.sum() + (self.top_similarity < cutoff).sum())
 
     def low_similarity_rate(self, cutoff: float = DEFAULT_LOW_SIMILARITY) -> float | None:
         """Share of successful searches that came back empty or below ``cutoff``."""
-        ok = int((~self.failed).sum())
-        if not ok:
-            return None
-        return float((self.empty.sum() + (self.top_similarity < cutoff).sum()) / ok)
+        ok = self.answered
+        return self.low_similarity_count(cutoff) / ok if ok else None
 
     @property
     def satisfaction(self) -> float | None:
