@@ -256,13 +256,14 @@ def slice_disparity(table: MetricTable, metric: str) -> float:
 
 
 def smoke_failures(results: Sequence[QueryResult]) -> list[str]:
-    """Describe each smoke query that returned nothing or non-finite scores or latency."""
+    """Describe each smoke query that returned nothing, non-finite scores or an infinite
+    latency (NaN: not timed, as a result derived without a search)."""
     failures: list[str] = []
     for result in results:
         if not result.retrieved_doc_ids:
             failures.append(f"{result.query!r}: no results")
         elif not all(math.isfinite(score) for score in result.scores):
             failures.append(f"{result.query!r}: non-finite scores {list(result.scores)!r}")
-        elif not math.isfinite(result.latency_ms):
+        elif math.isinf(result.latency_ms):
             failures.append(f"{result.query!r}: latency is {result.latency_ms!r}")
     return failures

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 from psycopg.types.json import Jsonb
@@ -52,8 +53,10 @@ def stored_results(
     out: dict[int, QueryResult] = {}
     for i, (q, key) in enumerate(zip(queries, keys, strict=True)):
         if (r := found.get(key)) is not None:
+            latency = r["latency_ms"]  # null: not timed (searched in a batch)
             out[i] = QueryResult(q.query, q.slice, tuple(r["retrieved"]), q.relevant,
-                                 float(r["latency_ms"]), tuple(r["scores"]))
+                                 math.nan if latency is None else float(latency),
+                                 tuple(r["scores"]))
     return out
 
 
@@ -72,7 +75,7 @@ def store_results(
     """
     rows = {
         query_key(t, depth, adapters): Jsonb({
-            "retrieved": list(r.retrieved_doc_ids), "latency_ms": r.latency_ms,
+            "retrieved": list(r.retrieved_doc_ids), "latency_ms": r.latency_ms if math.isfinite(r.latency_ms) else None,
             "scores": list(r.scores)})
         for r, t in zip(results, texts, strict=True)
     }

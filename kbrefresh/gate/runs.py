@@ -2,14 +2,15 @@
 
 Side by side: candidate and live run on two connections in lockstep (query i on both
 at once), so each sees the same load; their latencies can be compared. Alone: queries
-whose timings nothing compares (live's result is reused) are split over
-``SPLIT_CONNECTIONS`` connections, which on a server with as many cores takes that
-fraction of the time.
+whose timings nothing compares (live's result is reused) are searched in batches
+(``gate.batch``) split over ``SPLIT_CONNECTIONS`` connections, which on a server with
+as many cores takes that fraction of the time.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -21,9 +22,10 @@ import numpy.typing as npt
 
 from kbrefresh import store
 from kbrefresh.db import connect
+from kbrefresh.gate.batch import duplicated, read_tail, search_many
 from kbrefresh.gate.golden import GoldenQuery
 from kbrefresh.gate.metrics import QueryResult
-from kbrefresh.serving.search import search_version
+from kbrefresh.serving.search import search_settings, search_version
 from kbrefresh.settings import Settings
 
 _WARMUP = 10
@@ -75,30 +77,33 @@ def run_version(
     vectors: npt.NDArray[np.float32],
     depth: int,
     barrier: threading.Barrier,
-    *,
-    warmup: bool = True,
 ) -> tuple[list[QueryResult], list[str]]:
     results: list[QueryResult] = []
-    duplicated: list[str] = []
+    dups: list[str] = []
+    ef = 2 * depth
     try:
-        # Untimed first: the first queries pay for cold caches.
-        for i in range(min(_WARMUP if warmup else 0, len(queries))):
-            search_version(conn, table, version, vectors[i], k=depth)
-        for i, q in enumerate(queries):
-            barrier.wait(timeout=60)
-            started = time.perf_counter()
-            hits = search_version(conn, table, version, vectors[i], k=depth)
-            elapsed = (time.perf_counter() - started) * 1000
-            results.append(QueryResult(
-                q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
-                tuple(h.similarity for h in hits),
-            ))
-            if len({h.chunk_id for h in hits}) != len(hits):
-                duplicated.append(q.query)
+        with conn.transaction():  # settings once: each timed search is one round trip
+            search_settings(conn, ef)
+            # Untimed first: the first queries pay for cold caches.
+            for i in range(min(_WARMUP, len(queries))):
+                search_version(conn, table, version, vectors[i], k=depth,
+                               session_configured=True, session_ef_search=ef)
+            for i, q in enumerate(queries):
+                barrier.wait(timeout=60)
+                started = time.perf_counter()
+                hits = search_version(conn, table, version, vectors[i], k=depth,
+                                      session_configured=True, session_ef_search=ef)
+                elapsed = (time.perf_counter() - started) * 1000
+                results.append(QueryResult(
+                    q.query, q.slice, tuple(h.doc_id for h in hits), q.relevant, elapsed,
+                    tuple(h.similarity for h in hits),
+                ))
+                if len({h.chunk_id for h in hits}) != len(hits):
+                    dups.append(q.query)
     except BaseException:
         barrier.abort()  # the other side must not wait for a query that never comes
         raise
-    return results, duplicated
+    return results, dups
 
 
 def run_alone(
@@ -110,19 +115,23 @@ def run_alone(
     vectors: npt.NDArray[np.float32],
     depth: int,
 ) -> tuple[dict[int, list[QueryResult]], dict[int, list[str]]]:
-    """Search ``version`` on every query, split over connections; results in query order."""
+    """Search ``version`` on every query, split over connections; results in query order.
+
+    Batched (``gate.batch``): the tail is read once, each connection searches its share
+    of the queries in one statement. Nothing is timed: the latencies are NaN.
+    """
+    tail = read_tail(conn, table, version)
     parts = [list(range(i, len(queries), SPLIT_CONNECTIONS)) for i in range(SPLIT_CONNECTIONS)]
     parts = [p for p in parts if p]
     with ExitStack() as stack:
         conns = [conn] + [stack.enter_context(connect(settings)) for _ in parts[1:]]
         with ThreadPoolExecutor(len(parts)) as pool:
-            futures = [pool.submit(run_version, c, [queries[i] for i in part], table, version,
-                                   vectors[part], depth, threading.Barrier(1), warmup=False)
+            futures = [pool.submit(search_many, c, table, version, vectors[part], depth, tail)
                        for c, part in zip(conns, parts, strict=True)]
             done = [f.result() for f in futures]
-    by_index: dict[int, QueryResult] = {}
-    for part, (results, _) in zip(parts, done, strict=True):
-        by_index.update(zip(part, results, strict=True))
-    duplicated = {q for _, dup in done for q in dup}
-    return ({version: [by_index[i] for i in range(len(queries))]},
-            {version: [q.query for q in queries if q.query in duplicated]})
+    hits = {i: found for part, got in zip(parts, done, strict=True)
+            for i, found in zip(part, got, strict=True)}
+    results = [QueryResult(q.query, q.slice, tuple(h[1] for h in hits[i]), q.relevant, math.nan,
+                           tuple(h[2] for h in hits[i])) for i, q in enumerate(queries)]
+    return ({version: results},
+            {version: [q.query for i, q in enumerate(queries) if duplicated(hits[i])]})

@@ -46,6 +46,7 @@ def search_version(
     k: int = 5,
     *,
     session_configured: bool = False,
+    session_ef_search: int = SEARCH_EF_SEARCH,
 ) -> list[Hit]:
     """Return the ``k`` chunks of ``version`` most similar (cosine) to ``vector``.
 
@@ -60,13 +61,20 @@ def search_version(
         raise ValueError(f"expected k >= 1, got {k!r}")
     params = {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
     query = search_sql(table, version)
-    if session_configured and 2 * k <= SEARCH_EF_SEARCH:
-        # The caller ran SEARCH_SESSION_SQL on this connection: one round trip per search.
+    if session_configured and 2 * k <= session_ef_search:
+        # The caller ran SEARCH_SESSION_SQL (or search_settings(conn, ef)) on this
+        # connection: one round trip per search.
         return _hits(conn.execute(query, params).fetchall(), version)
     with conn.transaction():
-        conn.execute(_SETTINGS_SQL.format(local="true"), (str(max(SEARCH_EF_SEARCH, 2 * k)),))
+        search_settings(conn, 2 * k)
         rows = conn.execute(query, params).fetchall()
     return _hits(rows, version)
+
+
+def search_settings(conn: Conn, ef_search: int) -> None:
+    """Set this transaction's search settings (``ef_search``: at least twice the ``k``
+    searched), so the searches that follow in it need one round trip each."""
+    conn.execute(_SETTINGS_SQL.format(local="true"), (str(max(SEARCH_EF_SEARCH, ef_search)),))
 
 
 def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
@@ -75,18 +83,46 @@ def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
     One branch per segment the version has rows in (``store.segments``): the main
     HNSW index, the delta HNSW index, the exact tail; each its own top ``k``.
     """
+    union = segments_sql(table, version, sql.SQL("%(q)s"), ("c.chunk_index", "c.content", "c.metadata"))
+    return sql.SQL(
+        "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"
+        " FROM ({}) s ORDER BY s.distance, s.id LIMIT %(k)s"
+    ).format(union)
+
+
+def tail_start(table: str | FingerprintTable, version: int) -> int | None:
+    """Return the bound past which ``version``'s rows lie in the exact tail (None: no tail
+    branch; a bare table or one without a main index is one branch)."""
+    if isinstance(table, str) or table.main_upto is None:
+        return None
+    tail_from = max(table.main_upto, table.delta_upto or 0)
+    return tail_from if version > tail_from else None
+
+
+def segments_sql(
+    table: str | FingerprintTable,
+    version: int,
+    vector: sql.Composable,
+    columns: tuple[str, ...] = (),
+    *,
+    tail: bool = True,
+) -> sql.Composed:
+    """Return the union of the segment branches of ``version`` (each its top ``%(k)s``
+    rows: ``c.id``, ``c.doc_id``, ``columns``, ``distance`` to ``vector``); ``tail``:
+    with the exact tail's branch."""
     if isinstance(table, str):
         name, storage, main, delta = table, "vector", None, None
     else:
         name, storage, main, delta = table.table, table.storage, table.main_upto, table.delta_upto
-    distance = sql.SQL("c.embedding <=> %(q)s::{}").format(sql.SQL(storage))
+    distance = sql.SQL("c.embedding <=> {}::{}").format(vector, sql.SQL(storage))
+    selected = sql.SQL("").join(sql.SQL(", " + c) for c in columns)
 
     def branch(segment: sql.Composable | None) -> sql.Composed:
         where = in_version() if segment is None else segment + sql.SQL(" AND ") + in_version()
         return sql.SQL(
-            "SELECT c.id, c.doc_id, c.chunk_index, c.content, c.metadata, {d} AS distance"
+            "SELECT c.id, c.doc_id{c}, {d} AS distance"
             " FROM {t} c WHERE {w} ORDER BY {d} LIMIT %(k)s"
-        ).format(d=distance, t=sql.Identifier(name), w=where)
+        ).format(c=selected, d=distance, t=sql.Identifier(name), w=where)
 
     # Bounds are literals, not parameters: the planner must see them to use partial indexes.
     if main is None:
@@ -99,13 +135,9 @@ def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
                 parts.append(branch(sql.SQL("c.valid_from > {} AND c.valid_from <= {}").format(
                     sql.Literal(main), sql.Literal(delta))))
             tail_from = delta
-        if version > tail_from:  # versions the indexes cover have no rows in the tail
+        if version > tail_from and tail:  # versions the indexes cover have no tail rows
             parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(tail_from))))
-    union = sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
-    return sql.SQL(
-        "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"
-        " FROM ({}) s ORDER BY s.distance, s.id LIMIT %(k)s"
-    ).format(union)
+    return sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
 
 
 def _hits(rows: list[dict[str, Any]], version: int) -> list[Hit]:

@@ -257,6 +257,7 @@ def test_smoke_failures() -> None:
         QueryResult("empty", "a", (), ("d",), 3.0),
         QueryResult("nan", "a", ("d",), ("d",), 3.0, (math.nan,)),
         QueryResult("slow", "a", ("d",), ("d",), math.inf, (0.5,)),
+        QueryResult("untimed", "a", ("d",), ("d",), math.nan, (0.5,)),  # searched in a batch
     ]
     assert smoke_failures(results) == [
         "'empty': no results",
