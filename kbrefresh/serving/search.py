@@ -83,7 +83,8 @@ def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
     One branch per segment the version has rows in (``store.segments``): the main
     HNSW index, the delta HNSW index, the exact tail; each its own top ``k``.
     """
-    union = segments_sql(table, version, sql.SQL("%(q)s"), ("c.chunk_index", "c.content", "c.metadata"))
+    union = segments_sql(table, version, sql.SQL("%(q)s"),
+                         sql.SQL(", c.chunk_index, c.content, c.metadata"))
     return sql.SQL(
         "SELECT s.id, s.doc_id, s.chunk_index, s.content, s.metadata, 1 - s.distance AS similarity"
         " FROM ({}) s ORDER BY s.distance, s.id LIMIT %(k)s"
@@ -103,26 +104,26 @@ def segments_sql(
     table: str | FingerprintTable,
     version: int,
     vector: sql.Composable,
-    columns: tuple[str, ...] = (),
+    columns: sql.Composable | None = None,
     *,
     tail: bool = True,
 ) -> sql.Composed:
     """Return the union of the segment branches of ``version`` (each its top ``%(k)s``
-    rows: ``c.id``, ``c.doc_id``, ``columns``, ``distance`` to ``vector``); ``tail``:
+    rows: ``c.id``, ``c.doc_id``, then ``columns`` (each after a comma), ``distance``
+    to ``vector``); ``tail``:
     with the exact tail's branch."""
     if isinstance(table, str):
         name, storage, main, delta = table, "vector", None, None
     else:
         name, storage, main, delta = table.table, table.storage, table.main_upto, table.delta_upto
     distance = sql.SQL("c.embedding <=> {}::{}").format(vector, sql.SQL(storage))
-    selected = sql.SQL("").join(sql.SQL(", " + c) for c in columns)
 
     def branch(segment: sql.Composable | None) -> sql.Composed:
         where = in_version() if segment is None else segment + sql.SQL(" AND ") + in_version()
         return sql.SQL(
             "SELECT c.id, c.doc_id{c}, {d} AS distance"
             " FROM {t} c WHERE {w} ORDER BY {d} LIMIT %(k)s"
-        ).format(c=selected, d=distance, t=sql.Identifier(name), w=where)
+        ).format(c=columns or sql.SQL(""), d=distance, t=sql.Identifier(name), w=where)
 
     # Bounds are literals, not parameters: the planner must see them to use partial indexes.
     if main is None:
