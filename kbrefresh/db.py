@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pgvector.psycopg import register_vector
+from pgvector.psycopg.bit import register_bit_info
+from pgvector.psycopg.halfvec import register_halfvec_info
+from pgvector.psycopg.sparsevec import register_sparsevec_info
+from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types import TypeInfo
 
 from kbrefresh._text import redact_url
 from kbrefresh.errors import DatabaseError, MigrationError
@@ -39,6 +43,11 @@ _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)
 _embedded_lock = threading.Lock()
 _embedded_uri: dict[Path, str] = {}
 _migrated: set[str] = set()
+# pgvector's types per database url, fetched once: ``register_vector`` fetches the four
+# of them again (four round trips) on every connection, and a refresh opens ~30.
+_VECTOR_TYPES = (("vector", register_vector_info), ("bit", register_bit_info),
+                 ("halfvec", register_halfvec_info), ("sparsevec", register_sparsevec_info))
+_vector_types: dict[str, list[tuple[Any, TypeInfo]]] = {}
 
 
 def _embedded_url(data_dir: Path) -> str:
@@ -124,17 +133,31 @@ def _check_pgvector(conn: psycopg.Connection[dict[str, Any]], url: str) -> None:
 def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """Open a connection with migrations applied and pgvector registered."""
     url = database_url(settings)
-    if url not in _migrated:
+    if url not in _migrated or url not in _vector_types:
         with _open(url, autocommit=True) as conn:
             _check_pgvector(conn, url)
             apply_migrations(conn)
+            _vector_types[url] = _fetch_vector_types(conn)
         _migrated.add(url)
     conn = _open(url, autocommit=autocommit)
     try:
-        register_vector(conn)
+        for register, info in _vector_types[url]:
+            register(conn, info)
         yield conn
     finally:
         conn.close()
+
+
+def _fetch_vector_types(conn: psycopg.Connection[dict[str, Any]]) -> list[tuple[Any, TypeInfo]]:
+    """pgvector's types as ``register_vector`` registers them (``vector`` required)."""
+    found = []
+    for name, register in _VECTOR_TYPES:
+        info = TypeInfo.fetch(conn, name)
+        if info is None and name == "vector":
+            raise DatabaseError("the pgvector extension's vector type is missing after migrations")
+        if info is not None:
+            found.append((register, info))
+    return found
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from kbrefresh.gate.latency import confirm_latency, side_by_side_only
 from kbrefresh.gate.metrics import MetricTable, QueryResult, aggregate, smoke_failures
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy
 from kbrefresh.gate.reuse import store_results, stored_results, timed_queries
-from kbrefresh.gate.runs import run_alone, run_side_by_side
+from kbrefresh.gate.runs import WARM_CONNECTION, WARMUP, run_alone, run_side_by_side
 from kbrefresh.gate.verdict import Verdict, evaluate_gate
 from kbrefresh.retraining.adapter import QueryAdapter, apply_adapters, load_adapters
 from kbrefresh.retraining.rebrand_expansion import query_expander
@@ -292,8 +292,10 @@ def _measure(
     out: dict[int, list[QueryResult]] = {}
     duplicated: list[str] = []
     timed_vectors: dict[int, npt.NDArray[np.float32]] = {}
-    for part, with_live, timed in ((fresh, live is not None, True),
-                                   (sorted(set(reused) - set(fresh)), False, False)):
+    warmup = WARMUP
+    # The batch first: it warms the index and tail pages the timed searches then read.
+    for part, with_live, timed in ((sorted(set(reused) - set(fresh)), False, False),
+                                   (fresh, live is not None, True)):
         if not part:
             continue
         qs = [queries[i] for i in part]
@@ -302,10 +304,13 @@ def _measure(
             run[live] = vectors(live, part)
         if timed:
             timed_vectors = run
-            res, dup = run_side_by_side(settings, conn, qs, {v: tables[v] for v in run}, run, depth)
-        else:  # nothing compares these timings: split over connections
+            res, dup = run_side_by_side(settings, conn, qs, {v: tables[v] for v in run}, run,
+                                        depth, warmup=warmup)
+        else:  # nothing compares these timings: batched, split over connections
             res, dup = run_alone(settings, conn, qs, tables[candidate], candidate,
                                  run[candidate], depth)
+            if live is None or tables[live].table == tables[candidate].table:
+                warmup = WARM_CONNECTION  # every version timed reads the warmed pages
         by_index.update(zip(part, res[candidate], strict=True))
         duplicated += dup[candidate]
         if with_live and live is not None:

@@ -28,7 +28,11 @@ from kbrefresh.gate.metrics import QueryResult
 from kbrefresh.serving.search import search_settings, search_version
 from kbrefresh.settings import Settings
 
-_WARMUP = 10
+# Untimed searches before the timed ones on each connection: the first queries pay for
+# cold caches (WARMUP); after a batch of searches on the same table warmed the index
+# and tail pages, only the connection's own first statements (WARM_CONNECTION).
+WARMUP = 10
+WARM_CONNECTION = 2
 SPLIT_CONNECTIONS = 2
 
 
@@ -39,6 +43,8 @@ def run_side_by_side(
     tables: dict[int, store.FingerprintTable],
     vectors: dict[int, npt.NDArray[np.float32]],
     depth: int,
+    *,
+    warmup: int = WARMUP,
 ) -> tuple[dict[int, list[QueryResult]], dict[int, list[str]]]:
     """Return each version's results and the queries whose hits repeated a chunk id.
 
@@ -54,7 +60,8 @@ def run_side_by_side(
             conns = [conn] + [stack.enter_context(connect(settings)) for _ in versions[1:]]
             with ThreadPoolExecutor(len(versions)) as pool:
                 futures = [
-                    pool.submit(run_version, c, queries, tables[v], v, vectors[v], depth, barrier)
+                    pool.submit(run_version, c, queries, tables[v], v, vectors[v], depth, barrier,
+                                warmup)
                     for c, v in zip(conns, versions, strict=True)
                 ]
                 errors = [e for e in (f.exception() for f in futures) if e is not None]
@@ -77,6 +84,7 @@ def run_version(
     vectors: npt.NDArray[np.float32],
     depth: int,
     barrier: threading.Barrier,
+    warmup: int = WARMUP,
 ) -> tuple[list[QueryResult], list[str]]:
     results: list[QueryResult] = []
     dups: list[str] = []
@@ -85,7 +93,7 @@ def run_version(
         with conn.transaction():  # settings once: each timed search is one round trip
             search_settings(conn, ef)
             # Untimed first: the first queries pay for cold caches.
-            for i in range(min(_WARMUP, len(queries))):
+            for i in range(min(warmup, len(queries))):
                 search_version(conn, table, version, vectors[i], k=depth,
                                session_configured=True, session_ef_search=ef)
             for i, q in enumerate(queries):
