@@ -187,6 +187,8 @@ def outcome_from_dict(data: Mapping[str, Any]) -> GateOutcome:
             smoke_failures=tuple(str(f) for f in ev.get("smoke_failures", ())),
             golden=str(ev.get("golden", "")),
             n_queries=int(ev.get("n_queries", 0)),
+            live_reused=int(ev.get("live_reused", 0)),
+            latency_rounds=int(ev.get("latency_rounds", 1)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(

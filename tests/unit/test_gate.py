@@ -7,9 +7,11 @@ import pytest
 
 from kbrefresh.errors import ConfigError
 from kbrefresh.gate.comparison import family_confidence
-from kbrefresh.gate.metrics import QueryResult
+from kbrefresh.gate.evaluation import Evaluation, GateOutcome
+from kbrefresh.gate.metrics import QueryResult, aggregate
 from kbrefresh.gate.policy import AcceptancePolicy, default_policy, parse_policy
 from kbrefresh.gate.verdict import RuleResult, Verdict, evaluate_gate
+from kbrefresh.tracking.reports import outcome_from_dict
 
 LIVE_BYTES = 1_000_000
 # Per slice: 1 = the query's document is ranked first, 0 = it is not retrieved.
@@ -306,6 +308,19 @@ def test_verdict_round_trips_through_json() -> None:
                    live_size=None)
     data = json.loads(json.dumps(verdict.to_dict(), allow_nan=False))
     assert Verdict.from_dict(data) == verdict
+
+
+def test_a_stored_gate_outcome_reads_back_whole() -> None:
+    """What a version row stores (``GateOutcome.as_dict``) reads back field for field."""
+    cand, live = results(BASE), results({**BASE, "general": lose(BASE["general"], 3)})
+    verdict = gate(cand, live, live_size=LIVE_BYTES)
+    evaluation = Evaluation(aggregate(cand), aggregate(live), 900, LIVE_BYTES, (), "golden sets",
+                            len(cand), live_reused=97, latency_rounds=2)
+    data = json.loads(json.dumps(GateOutcome(verdict, evaluation).as_dict(), allow_nan=False))
+    back = outcome_from_dict(data)
+    assert back.verdict == verdict
+    assert back.evaluation.as_dict() == evaluation.as_dict()
+    assert (back.evaluation.live_reused, back.evaluation.latency_rounds) == (97, 2)
 
 
 def test_old_verdicts_without_intervals_still_load() -> None:
