@@ -156,7 +156,7 @@ def gate_cost(settings: object, corpus: Path) -> dict[str, float]:
         kb_id = store.get_kb_id(conn, KB)
         live = routing.live_version(conn, kb_id)
         assert live is not None
-        candidate = max(v["version"] for v in store.list_versions(conn, kb_id))
+        candidate = max(v.version for v in store.list_versions(conn, kb_id))
         golden = stored_golden(conn, kb_id)
         extra = random.Random(3).choices(golden, k=1000 - len(golden))
         rows = [{"query": q.query, "relevant": list(q.relevant), "slice": q.slice, "set": "cost"}
