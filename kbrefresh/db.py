@@ -42,9 +42,8 @@ _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)
 
 _embedded_lock = threading.Lock()
 _embedded_uri: dict[Path, str] = {}
-_migrated: set[str] = set()
-# pgvector's types per database url, fetched once: ``register_vector`` fetches the four
-# of them again (four round trips) on every connection, and a refresh opens ~30.
+# Per database url, once migrated: pgvector's types, fetched once (``register_vector``
+# fetches the four of them again, four round trips, on every connection; a refresh opens ~30).
 _VECTOR_TYPES = (("vector", register_vector_info), ("bit", register_bit_info),
                  ("halfvec", register_halfvec_info), ("sparsevec", register_sparsevec_info))
 _vector_types: dict[str, list[tuple[Any, TypeInfo]]] = {}
@@ -133,12 +132,11 @@ def _check_pgvector(conn: psycopg.Connection[dict[str, Any]], url: str) -> None:
 def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """Open a connection with migrations applied and pgvector registered."""
     url = database_url(settings)
-    if url not in _migrated or url not in _vector_types:
+    if url not in _vector_types:
         with _open(url, autocommit=True) as conn:
             _check_pgvector(conn, url)
             apply_migrations(conn)
             _vector_types[url] = _fetch_vector_types(conn)
-        _migrated.add(url)
     conn = _open(url, autocommit=autocommit)
     try:
         for register, info in _vector_types[url]:

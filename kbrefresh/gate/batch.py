@@ -54,7 +54,8 @@ def read_tail(conn: store.Conn, table: store.FingerprintTable, version: int) -> 
     with conn.cursor(binary=True) as cur:  # vectors as bytes, not text to parse
         rows = cur.execute(sql.SQL("SELECT c.id, c.doc_id, c.embedding::vector AS e") + where
                            + sql.SQL(" ORDER BY c.id"), params).fetchall()
-    vectors = (np.stack([_array(r["e"]) for r in rows]).astype(np.float64) if rows
+    # Cast to vector and read in binary, each comes back as pgvector's ``Vector``.
+    vectors = (np.stack([r["e"].to_numpy() for r in rows]).astype(np.float64) if rows
                else np.zeros((0, table.dims)))
     return Tail(np.asarray([r["id"] for r in rows], dtype=np.int64), [r["doc_id"] for r in rows],
                 vectors, np.linalg.norm(vectors, axis=1))
@@ -114,12 +115,6 @@ def _as_searched(vector: npt.NDArray[np.float32], storage: str) -> npt.NDArray[n
     if storage == "halfvec":
         vector = vector.astype(np.float16).astype(np.float32)
     return vector.astype(np.float64)
-
-
-def _array(value: object) -> npt.NDArray[np.float32]:
-    """A fetched vector as float32 (the binary loader gives pgvector's ``Vector``)."""
-    to_numpy = getattr(value, "to_numpy", None)
-    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
 def duplicated(hits: Sequence[tuple[int, str, float]]) -> bool:

@@ -257,7 +257,7 @@ def slice_disparity(table: MetricTable, metric: str) -> float:
 
 def smoke_failures(results: Sequence[QueryResult]) -> list[str]:
     """Describe each smoke query that returned nothing, non-finite scores or an infinite
-    latency (NaN: not timed, as a result derived without a search)."""
+    latency (NaN: not timed, as a query searched in a batch)."""
     failures: list[str] = []
     for result in results:
         if not result.retrieved_doc_ids:

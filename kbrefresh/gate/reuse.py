@@ -75,7 +75,8 @@ def store_results(
     """
     rows = {
         query_key(t, depth, adapters): Jsonb({
-            "retrieved": list(r.retrieved_doc_ids), "latency_ms": r.latency_ms if math.isfinite(r.latency_ms) else None,
+            "retrieved": list(r.retrieved_doc_ids),
+            "latency_ms": r.latency_ms if math.isfinite(r.latency_ms) else None,
             "scores": list(r.scores)})
         for r, t in zip(results, texts, strict=True)
     }

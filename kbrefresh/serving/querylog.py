@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 
 from kbrefresh._text import redact_url, scrub
 from kbrefresh.errors import DatabaseError
-from kbrefresh.serving.search import SEARCH_SESSION_SQL
+from kbrefresh.serving.search import search_settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def connect(url: str, *, vectors: bool) -> Conn:
     if vectors:
         try:
             register_vector(conn)
-            conn.execute(SEARCH_SESSION_SQL)
+            search_settings(conn, local=False)
         except psycopg.Error as exc:
             conn.close()
             raise DatabaseError(

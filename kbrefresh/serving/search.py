@@ -32,10 +32,10 @@ SEARCH_EF_SEARCH = 40
 # picks a seq scan that reads every vector (measured 37 ms vs 3 ms with the HNSW index
 # at 5k x 1536-d); with enable_seqscan off a table without an index still scans.
 _SETTINGS_SQL = (
-    "SELECT set_config('hnsw.iterative_scan', 'strict_order', {local}),"
-    " set_config('hnsw.ef_search', %s, {local}), set_config('enable_seqscan', 'off', {local})"
+    "SELECT set_config('hnsw.iterative_scan', 'strict_order', %(local)s),"
+    " set_config('hnsw.ef_search', %(ef)s, %(local)s),"
+    " set_config('enable_seqscan', 'off', %(local)s)"
 )
-SEARCH_SESSION_SQL = _SETTINGS_SQL.format(local="false").replace("%s", f"'{SEARCH_EF_SEARCH}'")
 
 
 def search_version(
@@ -62,8 +62,7 @@ def search_version(
     params = {"q": np.asarray(vector, dtype=np.float32), "k": k, "version": version}
     query = search_sql(table, version)
     if session_configured and 2 * k <= session_ef_search:
-        # The caller ran SEARCH_SESSION_SQL (or search_settings(conn, ef)) on this
-        # connection: one round trip per search.
+        # The caller ran search_settings on this connection: one round trip per search.
         return _hits(conn.execute(query, params).fetchall(), version)
     with conn.transaction():
         search_settings(conn, 2 * k)
@@ -71,10 +70,11 @@ def search_version(
     return _hits(rows, version)
 
 
-def search_settings(conn: Conn, ef_search: int) -> None:
-    """Set this transaction's search settings (``ef_search``: at least twice the ``k``
-    searched), so the searches that follow in it need one round trip each."""
-    conn.execute(_SETTINGS_SQL.format(local="true"), (str(max(SEARCH_EF_SEARCH, ef_search)),))
+def search_settings(conn: Conn, ef_search: int = SEARCH_EF_SEARCH, *, local: bool = True) -> None:
+    """Set the search settings for this transaction (``local``) or the session
+    (``ef_search``: at least twice the ``k`` searched), so the searches that follow need
+    one round trip each."""
+    conn.execute(_SETTINGS_SQL, {"ef": str(max(SEARCH_EF_SEARCH, ef_search)), "local": local})
 
 
 def search_sql(table: str | FingerprintTable, version: int) -> sql.Composed:
@@ -110,13 +110,13 @@ def segments_sql(
 ) -> sql.Composed:
     """Return the union of the segment branches of ``version`` (each its top ``%(k)s``
     rows: ``c.id``, ``c.doc_id``, then ``columns`` (each after a comma), ``distance``
-    to ``vector``); ``tail``:
-    with the exact tail's branch."""
+    to ``vector``); ``tail``: with the exact tail's branch (``tail_start``)."""
     if isinstance(table, str):
         name, storage, main, delta = table, "vector", None, None
     else:
         name, storage, main, delta = table.table, table.storage, table.main_upto, table.delta_upto
     distance = sql.SQL("c.embedding <=> {}::{}").format(vector, sql.SQL(storage))
+    tail_from = tail_start(table, version) if tail else None
 
     def branch(segment: sql.Composable | None) -> sql.Composed:
         where = in_version() if segment is None else segment + sql.SQL(" AND ") + in_version()
@@ -130,13 +130,10 @@ def segments_sql(
         parts = [branch(None)]
     else:
         parts = [branch(sql.SQL("c.valid_from <= {}").format(sql.Literal(main)))]
-        tail_from = main
-        if delta is not None and delta > main:
-            if version > main:
-                parts.append(branch(sql.SQL("c.valid_from > {} AND c.valid_from <= {}").format(
-                    sql.Literal(main), sql.Literal(delta))))
-            tail_from = delta
-        if version > tail_from and tail:  # versions the indexes cover have no tail rows
+        if delta is not None and delta > main and version > main:
+            parts.append(branch(sql.SQL("c.valid_from > {} AND c.valid_from <= {}").format(
+                sql.Literal(main), sql.Literal(delta))))
+        if tail_from is not None:  # versions the indexes cover have no tail rows
             parts.append(branch(sql.SQL("c.valid_from > {}").format(sql.Literal(tail_from))))
     return sql.SQL(" UNION ALL ").join(sql.SQL("({})").format(p) for p in parts)
 
